@@ -1,0 +1,23 @@
+# The two commands a user needs: `make demo` and `make test` (both as root on Debian 12).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo bench bench-quick clean
+
+setup:
+	@scripts/setup-host.sh
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/sidecar demo $(DEMO_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: setup
+	$(PY) -m benchmarks.run --quick
+
+clean:
+	rm -rf build fastpath/*.c fastpath/*.so fastpath/*.html

@@ -1,0 +1,1 @@
+"""The bundled benchmark harness."""

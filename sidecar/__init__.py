@@ -1,0 +1,1 @@
+"""bpf-sidecar: the Python management layer (config, loader, manager, workers, CLI)."""
