@@ -4,6 +4,7 @@
 `cython -a` HTML next to each .pyx, to see where Python leaks into C.
 `SIDECAR_DEBUG=1` compiles with the debug counters and bounds checks on.
 """
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -11,7 +12,8 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("SIDECAR_DEBUG") == "1"
 
-MODULES = ["parser", "proxy"]
+# One extension per fastpath/*.pyx; cross-module declarations live in the .pxd files.
+MODULES = sorted(os.path.basename(p)[:-4] for p in glob.glob("fastpath/*.pyx"))
 
 extensions = [
     Extension(

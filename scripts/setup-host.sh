@@ -80,4 +80,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # Incremental: only changed .pyx files are recompiled.
-"$VENV/bin/python" setup.py -q build_ext --inplace 2>&1 | grep -v -E "^(Compiling|\[)" || true
+"$VENV/bin/python" setup.py -q build_ext --inplace
