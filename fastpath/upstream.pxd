@@ -1,6 +1,14 @@
 # Declarations of the upstream side; see upstream.pyx.
 from fastpath.parser cimport MessageHead, HeadParser, ChunkedDecoder, Limits
 
+cdef enum UpstreamState:
+    U_CONNECTING = 0
+    U_IDLE               # in the pool
+    U_WAIT_HEAD          # request written, waiting for the response head
+    U_BODY               # streaming the response body
+    U_TUNNEL             # after 101: bytes both ways
+    U_CLOSED
+
 
 cdef class ResponseSink:
     """What an upstream connection reports to the exchange that uses it (the downstream)."""
@@ -35,6 +43,7 @@ cdef class UpstreamConnection:
     cdef bint received_any           # bytes of a response arrived for this request
     cdef bint reused                 # served a request before this one
     cdef bint paused_writing
+    cdef bint reading_paused
     cdef double idle_since
 
     cdef void begin(self, ResponseSink sink, int request_method)

@@ -31,15 +31,6 @@ from fastpath.head_rewrite cimport FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAM
 
 log = logging.getLogger("sidecar.upstream")
 
-cdef enum UpstreamState:
-    U_CONNECTING = 0
-    U_IDLE               # in the pool
-    U_WAIT_HEAD          # request written, waiting for the response head
-    U_BODY               # streaming the response body
-    U_TUNNEL             # after 101: bytes both ways
-    U_CLOSED
-
-
 cdef class ResponseSink:
     cdef void on_upstream_ready(self, UpstreamConnection up):
         pass
@@ -154,16 +145,21 @@ cdef class UpstreamConnection:
         self.request_complete = False
         self.received_any = False
         self.parser.reset()
+        if self.reading_paused:
+            # Left paused by the previous exchange's slow client.
+            self.resume_reading()
 
     cdef void write(self, bytes data):
         self.transport.write(data)
 
     cdef void pause_reading(self):
-        if self.transport is not None and self.state != U_CLOSED:
+        if self.transport is not None and self.state != U_CLOSED and not self.reading_paused:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     cdef void resume_reading(self):
-        if self.transport is not None and self.state != U_CLOSED:
+        if self.transport is not None and self.state != U_CLOSED and self.reading_paused:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     cdef void abort(self):
@@ -215,9 +211,6 @@ cdef class UpstreamConnection:
                     return
             else:
                 return
-        if offset < n and self.state == U_IDLE:
-            # Bytes after the end of a response: the connection cannot be trusted again.
-            self.abort()
 
     cdef Py_ssize_t _body(self, bytes data, Py_ssize_t offset, bint first) except -2:
         """Forwards the body bytes in data[offset:]; returns where the response ended
@@ -231,8 +224,9 @@ cdef class UpstreamConnection:
         cdef ResponseSink sink = self.sink
         if resp.body_kind == BODY_NONE:
             sink.on_response_head(resp, self.framing, NULL, 0, True)
-            self._finish(resp.keep_alive)
-            return offset
+            # Bytes after the end of a response: the connection cannot be trusted again.
+            self._finish(resp.keep_alive and offset == n)
+            return n
         if resp.body_kind == BODY_LENGTH:
             take = n - offset
             if take > self.remaining:
@@ -244,7 +238,8 @@ cdef class UpstreamConnection:
             elif take:
                 sink.on_response_body(data if offset == 0 and take == n else data[offset:offset + take])
             if complete:
-                self._finish(resp.keep_alive)
+                self._finish(resp.keep_alive and offset + take == n)
+                return n
             return offset + take
         if resp.body_kind == BODY_CHUNKED:
             pos = self.chunks.feed(d, offset, n)
@@ -262,7 +257,8 @@ cdef class UpstreamConnection:
             elif PyBytes_GET_SIZE(out):
                 sink.on_response_body(out)
             if complete:
-                self._finish(resp.keep_alive)
+                self._finish(resp.keep_alive and pos == n)
+                return n
             return pos
         # BODY_UNTIL_CLOSE: everything until the upstream closes.
         if self.framing == FRAME_CHUNKED:

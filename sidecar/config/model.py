@@ -38,6 +38,9 @@ class Limits:
     max_header_bytes: int = 65536
     max_headers: int = 100
     header_read_timeout: float = 10.0      # downstream: time to receive a complete request head
+    idle_timeout: float = 300.0            # downstream: a kept-alive connection with no request
+    connect_timeout: float = 1.0           # upstream connect, where no service sets one
+    upstream_idle_timeout: float = 60.0    # idle pooled upstream connections are closed after
 
 
 @dataclass
@@ -209,3 +212,4 @@ class Config:
     admin: Admin = field(default_factory=Admin)
     telemetry: Telemetry = field(default_factory=Telemetry)
     source: Optional[str] = None           # the file it was loaded from
+    warnings: list[str] = field(default_factory=list)   # "path (line N): reason", accepted but doubtful

@@ -1,0 +1,67 @@
+# Declarations of the downstream (client) side; see downstream.pyx.
+from fastpath.parser cimport MessageHead, HeadParser, ChunkedDecoder, Limits
+from fastpath.head_rewrite cimport RequestId
+from fastpath.upstream cimport ResponseSink, UpstreamConnection, EndpointPool
+
+
+cdef class ListenerContext:
+    """What every connection of one listener shares: limits, timeouts, where requests go,
+    the request-id generator, the connection set the timeout sweep walks, counters."""
+    cdef object loop
+    cdef readonly str direction
+    cdef Limits limits
+    cdef RequestId request_id
+    cdef bint add_xff
+    cdef double header_read_timeout
+    cdef double idle_timeout
+    cdef double request_timeout
+    cdef public double now              # coarse clock, advanced by the sweep
+    cdef set connections
+    cdef EndpointPool app_pool          # inbound: the app
+    cdef object router                  # outbound: chooses an EndpointPool per request
+    cdef public bint draining
+    cdef readonly unsigned long long requests
+    cdef readonly unsigned long long responses[6]   # by status class: 1xx..5xx at [1..5]
+    cdef readonly unsigned long long rejected       # malformed requests answered 4xx
+    cdef readonly unsigned long long upstream_errors
+
+
+cdef class HttpDownstream(ResponseSink):
+    cdef ListenerContext ctx
+    cdef object transport
+    cdef HeadParser parser
+    cdef MessageHead req
+    cdef ChunkedDecoder chunks
+    cdef bytes client_ip
+    cdef public object original_dst     # (host, port) the client connected to, or None
+    cdef int state
+    cdef long long body_remaining
+    cdef EndpointPool pool
+    cdef UpstreamConnection upstream
+    cdef bint upstream_reused
+    cdef list to_upstream
+    cdef Py_ssize_t to_upstream_bytes
+    cdef bytes retry_head               # a bodiless request's head, for one retry on a stale connection
+    cdef bint retried
+    cdef bytes pipelined
+    cdef int pause_reasons
+    cdef bint processing
+    cdef bint response_started
+    cdef bint request_done
+    cdef bint close_after
+    cdef bint writing_paused
+    cdef double deadline
+    cdef int deadline_kind
+
+    cdef void _process(self, bytes data, Py_ssize_t offset)
+    cdef bint _start_request(self)
+    cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2
+    cdef void _queue(self, bytes chunk)
+    cdef void _flush_upstream(self)
+    cdef void _end_exchange(self)
+    cdef void _local_response(self, int status, str text, bint close)
+    cdef void _reject(self, int status, const char* reason)
+    cdef void _pause(self, int reason)
+    cdef void _resume(self, int reason)
+    cdef void _close(self)
+    cdef void check_deadline(self, double now)

@@ -1,0 +1,504 @@
+# cython: language_level=3
+"""The downstream (client) side of the HTTP/1.1 proxy: one `HttpDownstream` protocol per
+accepted connection, running its requests one exchange at a time.
+
+An exchange: parse the request head (strict; a bad one is answered 4xx and the connection
+closed before a byte reaches the app), pick the upstream pool, queue the rewritten head and
+stream the body behind it (a chunked body is decoded and re-framed). The queue is written
+once per read, so a small request leaves in one write. The response comes back through the
+`ResponseSink` methods and is written as it arrives.
+
+Pipelined requests wait, unparsed, until the response before them is complete, so answers
+go out in order; too many waiting bytes pause reading. Backpressure both ways: a full
+upstream write buffer pauses reading from the client; a full client write buffer pauses
+reading from the upstream.
+
+Timeouts cost nothing per request: each connection keeps one deadline, compared against a
+coarse clock by a sweep a few times a second (`sweep_timeouts`).
+"""
+import logging
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from fastpath.parser cimport (
+    MessageHead, HeadParser, ChunkedDecoder, Limits, M_CONNECT,
+    BODY_NONE, BODY_LENGTH, BODY_CHUNKED, reframe_chunked,
+)
+from fastpath.head_rewrite cimport (
+    RequestId, build_request_head, build_response_head,
+    FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE,
+)
+from fastpath.upstream cimport (
+    ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
+)
+from fastpath.tunnel import join_tunnel
+
+log = logging.getLogger("sidecar.proxy")
+
+DEF PIPELINE_LIMIT = 65536        # unparsed bytes behind the request in flight
+DEF QUEUE_LIMIT = 262144          # request bytes waiting for an upstream connection
+
+cdef enum DownstreamState:
+    D_HEAD = 0          # waiting for (the rest of) a request head
+    D_BODY              # request head forwarded, body streaming
+    D_RESPONSE          # request complete, response streaming
+    D_TUNNEL            # upgraded: the tunnel protocol owns the connection
+    D_CLOSED
+
+# Why reading from the client is paused (a bit each; reading resumes when none is left).
+cdef enum PauseReason:
+    P_UPSTREAM_FULL = 1
+    P_PIPELINE = 2
+    P_QUEUE = 4
+
+cdef enum Deadline:
+    DL_NONE = 0
+    DL_HEADER           # a request head must be complete by then
+    DL_IDLE             # keep-alive connection with no request
+    DL_REQUEST          # the response must be complete by then
+
+STATUS_TEXT = {
+    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+
+cdef class ListenerContext:
+    def __cinit__(self, loop, str direction, Limits limits, EndpointPool app_pool=None,
+                  router=None, bint add_xff=True, double header_read_timeout=10.0,
+                  double idle_timeout=300.0, double request_timeout=0.0):
+        self.loop = loop
+        self.direction = direction
+        self.limits = limits
+        self.request_id = RequestId()
+        self.add_xff = add_xff
+        self.header_read_timeout = header_read_timeout
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.now = loop.time()
+        self.connections = set()
+        self.app_pool = app_pool
+        self.router = router
+        self.draining = False
+
+    def sweep_timeouts(self):
+        """Advances the coarse clock and closes what is past its deadline."""
+        cdef HttpDownstream conn
+        self.now = self.loop.time()
+        for conn in list(self.connections):
+            if conn.deadline and conn.deadline <= self.now:
+                conn.check_deadline(self.now)
+
+    def drain(self):
+        """Stops keep-alive: idle connections close now, busy ones after their response."""
+        cdef HttpDownstream conn
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.state == D_HEAD and not conn.parser.pending:
+                conn._close()
+
+    @property
+    def active_connections(self):
+        return len(self.connections)
+
+    def stats(self):
+        return {
+            "requests": self.requests,
+            "responses": {"%dxx" % k: self.responses[k] for k in range(1, 6)},
+            "rejected": self.rejected,
+            "upstream_errors": self.upstream_errors,
+            "connections_active": len(self.connections),
+        }
+
+
+cdef class HttpDownstream(ResponseSink):
+    def __cinit__(self, ListenerContext ctx):
+        self.ctx = ctx
+        self.parser = HeadParser(ctx.limits, True)
+        self.req = MessageHead(ctx.limits.max_headers)
+        self.chunks = ChunkedDecoder()
+        self.to_upstream = []
+        self.state = D_HEAD
+        self.original_dst = None
+
+    # -- asyncio protocol -------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0].encode() if peer else None
+        self.ctx.connections.add(self)
+        self.deadline = self.ctx.now + self.ctx.header_read_timeout
+        self.deadline_kind = DL_HEADER
+
+    def data_received(self, bytes data):
+        if self.state == D_HEAD or self.state == D_BODY:
+            self._process(data, 0)
+        elif self.state == D_RESPONSE:
+            # The next pipelined request: parsed once this response is complete.
+            self.pipelined = data if self.pipelined is None else self.pipelined + data
+            if PyBytes_GET_SIZE(self.pipelined) > PIPELINE_LIMIT:
+                self._pause(P_PIPELINE)
+
+    def eof_received(self):
+        if self.state == D_BODY or self.state == D_RESPONSE:
+            # Half-closed after a request: answer it, then close.
+            self.close_after = True
+            return True
+        return False
+
+    def connection_lost(self, exc):
+        cdef UpstreamConnection up = self.upstream
+        self.state = D_CLOSED
+        self.ctx.connections.discard(self)
+        self.waiting_for_upstream = False
+        self.upstream = None
+        if up is not None:
+            up.detach()
+
+    def pause_writing(self):
+        self.writing_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self):
+        self.writing_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # -- requests ---------------------------------------------------------------------
+
+    cdef void _process(self, bytes data, Py_ssize_t offset):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t r
+        self.processing = True
+        while True:
+            if self.state == D_HEAD:
+                if self.deadline_kind != DL_HEADER:
+                    self.deadline = self.ctx.now + self.ctx.header_read_timeout
+                    self.deadline_kind = DL_HEADER
+                r = self.parser.feed(self.req, data, offset, 0)
+                if r == 0:
+                    break
+                if r < 0:
+                    self.processing = False
+                    self._reject(self.req.error_status, self.req.error_reason)
+                    return
+                offset = r
+                if not self._start_request():
+                    # Answered locally; a kept-alive connection goes on to the next request.
+                    if self.state == D_HEAD and offset < n:
+                        continue
+                    break
+            if self.state == D_BODY:
+                offset = self._request_body(data, offset)
+                if offset < 0:
+                    self.processing = False
+                    return
+            if self.state == D_RESPONSE:
+                if offset < n:
+                    self.pipelined = data[offset:] if self.pipelined is None else self.pipelined + data[offset:]
+                    if PyBytes_GET_SIZE(self.pipelined) > PIPELINE_LIMIT:
+                        self._pause(P_PIPELINE)
+                break
+            if offset >= n or self.state != D_HEAD:
+                break
+        self.processing = False
+        self._flush_upstream()
+
+    cdef bint _start_request(self):
+        """Starts the exchange for the parsed head; False when answered locally."""
+        cdef MessageHead req = self.req
+        cdef EndpointPool pool
+        cdef bytes head
+        self.ctx.requests += 1
+        self.response_started = False
+        self.request_done = False
+        self.retried = False
+        self.close_after = not req.keep_alive or self.ctx.draining
+        if req.method == M_CONNECT:
+            self._local_response(405, "CONNECT is not supported", True)
+            return False
+        pool = self.ctx.app_pool
+        if pool is None:
+            pool = self.ctx.router.pool_for(self.original_dst, req.get(b"host"))
+            if pool is None:
+                self._local_response(404, "no route to this destination", req.body_kind != BODY_NONE)
+                return False
+        self.pool = pool
+        if self.ctx.request_timeout > 0:
+            self.deadline = self.ctx.now + self.ctx.request_timeout
+            self.deadline_kind = DL_REQUEST
+        else:
+            self.deadline = 0
+            self.deadline_kind = DL_NONE
+        head = build_request_head(req, self.client_ip if self.ctx.add_xff else None,
+                                  self.ctx.request_id)
+        self.retry_head = head if req.body_kind == BODY_NONE else None
+        self.to_upstream.append(head)
+        self.to_upstream_bytes = PyBytes_GET_SIZE(head)
+        if req.body_kind == BODY_LENGTH:
+            self.body_remaining = req.content_length
+            self.state = D_BODY
+        elif req.body_kind == BODY_CHUNKED:
+            self.chunks.reset()
+            self.state = D_BODY
+        else:
+            self.state = D_RESPONSE
+            self.request_done = True
+        pool.acquire(self)
+        return True
+
+    cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t take, pos
+        cdef const char* d = PyBytes_AS_STRING(data)
+        cdef bytes out
+        if self.req.body_kind == BODY_LENGTH:
+            take = n - offset
+            if take > self.body_remaining:
+                take = <Py_ssize_t>self.body_remaining
+            if take:
+                self._queue(data if offset == 0 and take == n else data[offset:offset + take])
+                self.body_remaining -= take
+            if self.body_remaining == 0:
+                self.request_done = True
+                self.state = D_RESPONSE
+            return offset + take
+        pos = self.chunks.feed(d, offset, n)
+        if pos < 0:
+            self._reject(self.chunks.error_status, self.chunks.error_reason)
+            return -1
+        out = reframe_chunked(d, self.chunks, self.chunks.done)
+        if PyBytes_GET_SIZE(out):
+            self._queue(out)
+        if self.chunks.done:
+            self.request_done = True
+            self.state = D_RESPONSE
+        return pos
+
+    cdef void _queue(self, bytes chunk):
+        self.to_upstream.append(chunk)
+        self.to_upstream_bytes += PyBytes_GET_SIZE(chunk)
+        if self.upstream is None and self.to_upstream_bytes > QUEUE_LIMIT:
+            self._pause(P_QUEUE)
+
+    cdef void _flush_upstream(self):
+        if self.upstream is None or self.processing:
+            return
+        if self.to_upstream:
+            if len(self.to_upstream) == 1:
+                self.upstream.write(self.to_upstream[0])
+            else:
+                self.upstream.write(b"".join(self.to_upstream))
+            self.to_upstream = []
+            self.to_upstream_bytes = 0
+            if self.pause_reasons & P_QUEUE:
+                self._resume(P_QUEUE)
+        if self.request_done:
+            self.upstream.request_complete = True
+
+    # -- ResponseSink: what the upstream reports ---------------------------------------
+
+    cdef void on_upstream_ready(self, UpstreamConnection up):
+        if self.state == D_CLOSED:
+            up.state = U_IDLE
+            up.pool.release(up)
+            return
+        self.upstream = up
+        self.upstream_reused = up.reused
+        up.begin(self, self.req.method)
+        if self.writing_paused:
+            up.pause_reading()
+        self._flush_upstream()
+
+    cdef void on_upstream_connect_failed(self, str reason):
+        log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
+        self.ctx.upstream_errors += 1
+        self._local_response(503, "upstream connect error", False)
+
+    cdef void on_interim_response(self, MessageHead resp):
+        if self.req.version == 11:
+            self.transport.write(build_response_head(resp, FRAME_NONE, False, False, NULL, 0))
+
+    cdef int response_framing(self, MessageHead resp):
+        if resp.body_kind == BODY_NONE:
+            return FRAME_LENGTH if resp.content_length >= 0 else FRAME_NONE
+        if resp.body_kind == BODY_LENGTH:
+            return FRAME_LENGTH
+        return FRAME_CHUNKED if self.req.version == 11 else FRAME_CLOSE
+
+    cdef void on_response_head(self, MessageHead resp, int framing, const char* tail,
+                               Py_ssize_t tail_len, bint complete):
+        cdef UpstreamConnection up
+        self.response_started = True
+        self.ctx.responses[resp.status // 100] += 1
+        if resp.status == 101:
+            up = self.upstream
+            if not self.req.upgrade or up is None:
+                self.upstream = None
+                if up is not None:
+                    up.detach()
+                self.on_upstream_error("upstream switched protocols without an upgrade request", False)
+                return
+            self._upgrade(resp, up)
+            return
+        if framing == FRAME_CLOSE or self.state == D_BODY:
+            # Close-delimited for an HTTP/1.0 client, or the response came before the
+            # whole request did: this connection ends with this response.
+            self.close_after = True
+        self.transport.write(build_response_head(
+            resp, framing, self.close_after, self.req.version == 10 and not self.close_after,
+            tail, tail_len))
+
+    def _upgrade(self, MessageHead resp, UpstreamConnection up):
+        """101 Switching Protocols: the connection pair becomes a byte tunnel."""
+        cdef bytes waiting = self.pipelined
+        self.transport.write(build_response_head(resp, FRAME_NONE, False, False, NULL, 0))
+        self.state = D_TUNNEL
+        self.deadline = 0
+        self.deadline_kind = DL_NONE
+        self.ctx.connections.discard(self)
+        self.upstream = None
+        self.pipelined = None
+        up.sink = None
+        up.state = U_TUNNEL       # the pool no longer owns it
+        up.pool.discard(up)
+        self._resume(P_PIPELINE | P_UPSTREAM_FULL | P_QUEUE)
+        join_tunnel(self.transport, up.transport, waiting, None)
+
+    cdef void on_tunnel_data(self, bytes data):
+        self.transport.write(data)
+
+    cdef void on_response_body(self, bytes chunk):
+        self.transport.write(chunk)
+
+    cdef void on_response_end(self):
+        self.upstream = None
+        if self.state == D_BODY:
+            self.close_after = True
+        self._end_exchange()
+
+    cdef void on_upstream_error(self, str reason, bint nothing_received):
+        self.upstream = None
+        if (nothing_received and self.upstream_reused and self.retry_head is not None
+                and not self.retried and self.state != D_CLOSED):
+            # A kept-alive connection the app had closed: retry once on a fresh one.
+            self.retried = True
+            self.to_upstream = [self.retry_head]
+            self.to_upstream_bytes = PyBytes_GET_SIZE(self.retry_head)
+            self.pool.acquire(self)
+            return
+        log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
+        self.ctx.upstream_errors += 1
+        if self.state == D_CLOSED:
+            return
+        if self.response_started:
+            # Part of the response is out: the client can only learn of it by the cut.
+            self.transport.abort()
+            return
+        self._local_response(502, "bad upstream response", False)
+
+    cdef void on_upstream_pause_writing(self):
+        self._pause(P_UPSTREAM_FULL)
+
+    cdef void on_upstream_resume_writing(self):
+        self._resume(P_UPSTREAM_FULL)
+
+    # -- exchange end, errors, timeouts -----------------------------------------------
+
+    cdef void _end_exchange(self):
+        cdef bytes waiting
+        if self.close_after or self.ctx.draining or self.state == D_CLOSED:
+            self._close()
+            return
+        self.state = D_HEAD
+        self.deadline = self.ctx.now + self.ctx.idle_timeout
+        self.deadline_kind = DL_IDLE
+        if self.pipelined is not None:
+            waiting = self.pipelined
+            self.pipelined = None
+            self._resume(P_PIPELINE)
+            self._process(waiting, 0)
+
+    cdef void _local_response(self, int status, str text, bint close):
+        """Answers the current request from the proxy itself (never after a response
+        started). The connection stays open unless `close` or the request body is still
+        arriving."""
+        cdef UpstreamConnection up = self.upstream
+        if self.state == D_CLOSED:
+            return
+        self.response_started = True
+        self.ctx.responses[status // 100] += 1
+        if up is not None:
+            self.upstream = None
+            up.detach()
+        self.to_upstream = []
+        self.to_upstream_bytes = 0
+        if self.state == D_BODY or self.state == D_HEAD:
+            close = True
+        close = close or self.close_after or self.ctx.draining
+        body = text + "\n"
+        self.transport.write((
+            "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
+                status, STATUS_TEXT.get(status, "Error"), len(body),
+                "connection: close\r\n" if close else "", body)).encode())
+        self.close_after = close
+        if self.processing:
+            # Called while parsing this read: the caller stops; end here.
+            self.state = D_RESPONSE
+        self._end_exchange()
+
+    cdef void _reject(self, int status, const char* reason):
+        """A malformed request: 4xx/5xx, close, and nothing more of it goes upstream."""
+        self.ctx.rejected += 1
+        log.info("%s: rejected request from %s: %d %s", self.ctx.direction,
+                 self.client_ip.decode() if self.client_ip else "?", status,
+                 (<bytes>reason).decode())
+        self.state = D_HEAD
+        self._local_response(status, (<bytes>reason).decode(), True)
+
+    cdef void _pause(self, int reason):
+        if self.pause_reasons == 0 and self.state != D_CLOSED:
+            self.transport.pause_reading()
+        self.pause_reasons |= reason
+
+    cdef void _resume(self, int reason):
+        cdef int before = self.pause_reasons
+        self.pause_reasons &= ~reason
+        if before and not self.pause_reasons and self.state != D_CLOSED:
+            self.transport.resume_reading()
+
+    cdef void _close(self):
+        cdef UpstreamConnection up = self.upstream
+        if self.state == D_CLOSED:
+            return
+        self.state = D_CLOSED
+        self.ctx.connections.discard(self)
+        self.waiting_for_upstream = False
+        if up is not None:
+            self.upstream = None
+            up.detach()
+        self.transport.close()       # after the buffered response is written
+
+    cdef void check_deadline(self, double now):
+        cdef int kind = self.deadline_kind
+        self.deadline = 0
+        self.deadline_kind = DL_NONE
+        if kind == DL_HEADER:
+            if self.parser.pending or self.state == D_BODY:
+                log.info("%s: request head from %s not complete in time", self.ctx.direction,
+                         self.client_ip.decode() if self.client_ip else "?")
+                self._local_response(408, "request header read timeout", True)
+            else:
+                self._close()
+        elif kind == DL_IDLE:
+            self._close()
+        elif kind == DL_REQUEST and self.state != D_CLOSED:
+            log.warning("%s %s: upstream request timeout", self.ctx.direction, self.req.target)
+            if self.response_started:
+                self.transport.abort()
+            else:
+                self._local_response(504, "upstream request timeout", True)

@@ -1,0 +1,174 @@
+# cython: language_level=3
+"""The outbound pipeline: accept -> original destination -> detect -> HTTP/1.1 or TCP.
+
+Connections the app makes are redirected to the outbound listener (127.0.0.1:15001). The
+first bytes decide the protocol: an HTTP/1 request line start goes to the HTTP proxy,
+anything else (TLS, a database protocol) is tunnelled to the original destination. If
+the client sends nothing within `protocol_detect_timeout`, the server speaks first (SMTP,
+MySQL...): tunnel at once.
+
+HTTP requests go to a configured service when one matches (by original destination
+CIDR:port, or by Host), to one of its endpoints; otherwise to the original destination.
+"""
+import ipaddress
+import itertools
+import logging
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from fastpath.downstream cimport HttpDownstream, ListenerContext
+from fastpath.parser cimport Limits
+from fastpath.upstream cimport EndpointPool
+from fastpath.original_destination import original_destination
+from fastpath.tunnel import start_tunnel
+
+log = logging.getLogger("sidecar.outbound")
+
+DEF DETECT_BYTES = 24
+
+
+cdef bint looks_like_http1(bytes first):
+    """True when `first` starts like an HTTP/1 request line: a method token and a SP."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(first)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(first)
+    cdef Py_ssize_t i
+    for i in range(min(n, DETECT_BYTES)):
+        if p[i] == 32:
+            return i > 0
+        if not (65 <= p[i] <= 90 or 97 <= p[i] <= 122 or p[i] == 45 or p[i] == 95):
+            return False
+    return n < DETECT_BYTES
+
+
+def is_http1_start(bytes first):
+    return looks_like_http1(first)
+
+
+class OutboundRouter:
+    """Chooses the upstream pool of an outbound HTTP request (see the module rules)."""
+
+    def __init__(self, loop, Limits limits, services=(), double connect_timeout=1.0,
+                 double idle_timeout=60.0):
+        self.loop = loop
+        self.limits = limits
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.pools = {}
+        self.by_host = {}          # (host, port or None) -> service entry
+        self.by_cidr = []          # (network, port or None, service entry)
+        for svc in services:
+            entry = {"service": svc, "next": itertools.cycle(range(max(1, len(svc.endpoints))))}
+            for m in svc.match:
+                if m.host:
+                    self.by_host[(m.host, m.port)] = entry
+                if m.cidr:
+                    self.by_cidr.append((ipaddress.ip_network(m.cidr, strict=False), m.port, entry))
+
+    def pool(self, host, int port, svc=None):
+        key = (host, port)
+        pool = self.pools.get(key)
+        if pool is None:
+            if svc is not None:
+                pool = EndpointPool(self.loop, host, port, self.limits,
+                                    svc.circuit_breaker.max_connections, svc.pool_max_idle,
+                                    svc.timeouts.idle, svc.timeouts.connect)
+            else:
+                pool = EndpointPool(self.loop, host, port, self.limits, 1024, 64,
+                                    self.idle_timeout, self.connect_timeout)
+            self.pools[key] = pool
+        return pool
+
+    def match_service(self, original_dst, bytes host_header):
+        if host_header:
+            host, _, port = host_header.decode("latin-1").lower().rpartition(":")
+            if not host or not port.isdigit():
+                host, port = host_header.decode("latin-1").lower(), None
+            entry = (self.by_host.get((host, int(port) if port else None))
+                     or self.by_host.get((host, None)))
+            if entry is not None:
+                return entry
+        if original_dst is not None and self.by_cidr:
+            addr = ipaddress.ip_address(original_dst[0])
+            for net, port, entry in self.by_cidr:
+                if addr in net and (port is None or port == original_dst[1]):
+                    return entry
+        return None
+
+    def pool_for(self, original_dst, bytes host_header):
+        entry = self.match_service(original_dst, host_header)
+        if entry is not None:
+            svc = entry["service"]
+            if svc.endpoints:
+                host, port = svc.endpoints[next(entry["next"])]
+                return self.pool(host, port, svc)
+            if original_dst is not None:
+                return self.pool(original_dst[0], original_dst[1], svc)
+            return None
+        if original_dst is not None:
+            return self.pool(original_dst[0], original_dst[1])
+        return None
+
+    def close_idle(self, double now):
+        for pool in self.pools.values():
+            pool.close_idle(now)
+
+
+cdef class OutboundAccept:
+    """First protocol of an outbound connection: waits for the first bytes to decide."""
+    cdef ListenerContext ctx
+    cdef double detect_timeout
+    cdef object transport
+    cdef object original_dst
+    cdef object timer
+    cdef bint decided
+
+    def __cinit__(self, ListenerContext ctx, double detect_timeout):
+        self.ctx = ctx
+        self.detect_timeout = detect_timeout
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.original_dst = original_destination(transport.get_extra_info("socket"))
+        self.timer = self.ctx.loop.call_later(self.detect_timeout, self._silent_client)
+
+    def data_received(self, bytes data):
+        if self.decided:
+            return
+        self.decided = True
+        self.timer.cancel()
+        if looks_like_http1(data) or self.original_dst is None:
+            self._become_http(data)
+        else:
+            start_tunnel(self.ctx.loop, self.transport, self.original_dst[0],
+                         self.original_dst[1], data)
+
+    def _silent_client(self):
+        if self.decided:
+            return
+        self.decided = True
+        if self.original_dst is not None:
+            # Server-speaks-first protocol: connect and let the server talk.
+            start_tunnel(self.ctx.loop, self.transport, self.original_dst[0], self.original_dst[1])
+        else:
+            self._become_http(None)
+
+    def _become_http(self, bytes first):
+        cdef HttpDownstream http = HttpDownstream(self.ctx)
+        http.original_dst = self.original_dst
+        self.transport.set_protocol(http)
+        http.connection_made(self.transport)
+        if first:
+            http.data_received(first)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.decided = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def outbound_protocol_factory(ListenerContext ctx, double detect_timeout):
+    """The protocol factory for the outbound listener."""
+    return lambda: OutboundAccept(ctx, detect_timeout)
