@@ -179,7 +179,10 @@ LIMITS = Section([
     Field("max_header_bytes", SIZE, "largest request head (431 past it)"),
     Field("max_headers", Int(1), "most header fields in a request (431 past it)"),
     Field("header_read_timeout", POSITIVE_DURATION, "time to receive a complete request head"),
-], Limits, doc="per-connection limits of the HTTP/1.1 parser")
+    Field("idle_timeout", POSITIVE_DURATION, "a kept-alive downstream connection with no request is closed after"),
+    Field("connect_timeout", POSITIVE_DURATION, "upstream connect, where no service sets one"),
+    Field("upstream_idle_timeout", POSITIVE_DURATION, "idle pooled upstream connections are closed after"),
+], Limits, doc="protocol limits and proxy-wide timeouts")
 
 INBOUND = Section([
     Field("listen", ADDRESS, "inbound capture listener"),

@@ -482,3 +482,30 @@ def test_config_error_survives_pickling():
     import pickle
     error = pickle.loads(pickle.dumps(ConfigError([ConfigIssue("workers", 1, "bad")], "f.yaml")))
     assert error.issues == [ConfigIssue("workers", 1, "bad")] and error.source == "f.yaml"
+
+
+def test_every_model_attribute_has_a_key_in_the_schema():
+    # A field added to model.py but not to schema.py could never be set from a file.
+    import dataclasses
+
+    from sidecar.config.fields import ByShape, ListOf, Section
+    from sidecar.config.schema import CONFIG
+
+    def sections(kind):
+        if isinstance(kind, Section):
+            yield kind
+            for field in kind.fields:
+                yield from sections(field.kind)
+        elif isinstance(kind, ListOf):
+            yield from sections(kind.item)
+        elif isinstance(kind, ByShape):
+            yield from sections(kind.sequence)
+
+    not_from_the_file = {"source", "warnings"}
+    for section in sections(CONFIG):
+        if section.model is None:
+            continue
+        declared = {f.attr for f in section.fields if not f.flatten}
+        declared |= {sub.attr for f in section.fields if f.flatten for sub in f.kind.fields}
+        model_attrs = {f.name for f in dataclasses.fields(section.model)} - not_from_the_file
+        assert model_attrs == declared, section.model.__name__
