@@ -1,0 +1,1 @@
+"""Test support: real processes and sockets the integration tests drive."""

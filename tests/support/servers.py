@@ -1,0 +1,217 @@
+"""Upstream servers for the integration tests, on real loopback sockets.
+
+- `HttpApp`: a real HTTP/1.1 application server (the standard library's threaded server)
+  with endpoints the tests need, recording every request it receives, so a test can assert
+  that nothing of a malformed request reached the app.
+- `ScriptedServer`: a raw TCP server whose per-connection behaviour is a test function:
+  for upstreams that misbehave on purpose (malformed, truncated, slow, resetting).
+"""
+import hashlib
+import http.server
+import json
+import socket
+import socketserver
+import threading
+import time
+
+from tests.support.ports import free_port
+
+
+class _AppHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _record(self):
+        self.server.requests.append({
+            "method": self.command, "path": self.path, "version": self.request_version,
+            "headers": [(k.lower(), v) for k, v in self.headers.items()],
+        })
+
+    def _body_chunks(self):
+        """The request body, streamed (Content-Length or chunked)."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return
+                left = size
+                while left:
+                    chunk = self.rfile.read(min(left, 65536))
+                    left -= len(chunk)
+                    yield chunk
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("content-length") or 0)
+            while left:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+
+    def _send(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _dispatch(self):
+        self._record()
+        path = self.path.split("?")[0]
+        if path == "/sha256":
+            h = hashlib.sha256()
+            n = 0
+            for chunk in self._body_chunks():
+                h.update(chunk)
+                n += len(chunk)
+            self._send(200, json.dumps({"sha256": h.hexdigest(), "bytes": n}).encode(),
+                       [("content-type", "application/json")])
+        elif path == "/echo":
+            body = b"".join(self._body_chunks())
+            self._send(200, body)
+        elif path.startswith("/bytes/"):
+            # N deterministic bytes, streamed in 64 KiB writes.
+            for _ in self._body_chunks():
+                pass
+            n = int(path.split("/")[2])
+            self.send_response(200)
+            self.send_header("content-length", str(n))
+            self.end_headers()
+            block = bytes(range(256)) * 256
+            sent = 0
+            while sent < n and self.command != "HEAD":
+                part = block[: min(len(block), n - sent)]
+                self.wfile.write(part)
+                sent += len(part)
+        elif path.startswith("/status/"):
+            for _ in self._body_chunks():
+                pass
+            status = int(path.split("/")[2])
+            if status in (204, 304) or status < 200:
+                self.send_response(status)
+                self.end_headers()
+            else:
+                self._send(status, b"status %d\n" % status)
+        elif path == "/headers":
+            for _ in self._body_chunks():
+                pass
+            self._send(200, json.dumps(self.server.requests[-1]).encode(),
+                       [("content-type", "application/json")])
+        elif path.startswith("/sleep/"):
+            time.sleep(float(path.split("/")[2]))
+            self._send(200, b"slept\n")
+        else:
+            for _ in self._body_chunks():
+                pass
+            self._send(200, b"hello from app\n")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def sha256_of_bytes_endpoint(n):
+    """The sha256 of what `/bytes/n` sends."""
+    block = bytes(range(256)) * 256
+    h = hashlib.sha256()
+    sent = 0
+    while sent < n:
+        part = block[: min(len(block), n - sent)]
+        h.update(part)
+        sent += len(part)
+    return h.hexdigest()
+
+
+class HttpApp:
+    """A real HTTP/1.1 server on 127.0.0.1; `.address`, `.requests` (what it received)."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.server = _ThreadingServer((host, 0), _AppHandler)
+        self.server.requests = []
+        self.address = (host, self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def requests(self):
+        return self.server.requests
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ScriptedServer:
+    """A TCP server on 127.0.0.1 running `behaviour(conn, server)` per connection in a
+    thread. `.received` collects the bytes each connection sent (list of bytearrays),
+    `.connections` counts accepted connections."""
+
+    def __init__(self, behaviour, host="127.0.0.1"):
+        self.behaviour = behaviour
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.address = (host, self.sock.getsockname()[1])
+        self.received = []
+        self.connections = 0
+        self.closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        try:
+            self.behaviour(conn, self)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def read_head(self, conn, buf=None):
+        """Reads up to the end of a request head; returns (head bytes, bytes after it)."""
+        data = bytearray(buf or b"")
+        record = bytearray()
+        self.received.append(record)
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                record += data
+                return bytes(data), b""
+            data += chunk
+        record += data
+        head, _, rest = bytes(data).partition(b"\r\n\r\n")
+        return head + b"\r\n\r\n", rest
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+        self.sock.close()
+
+
+def closed_port():
+    """A loopback port nothing listens on (connections to it are refused)."""
+    return free_port()

@@ -1,0 +1,107 @@
+"""Runs the real sidecar (`python -m sidecar.cli run -c FILE`) for a test."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from tests.support.ports import free_port, wait_for_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class SidecarProcess:
+    """A sidecar with its own free ports. Use as a context manager; `.inbound` and
+    `.outbound` are (host, port) of its listeners, `.log()` its output so far.
+
+        with SidecarProcess(app=("127.0.0.1", app_port)) as sc:
+            ...requests to sc.inbound...
+    """
+
+    def __init__(self, app=("127.0.0.1", 8080), workers=1, extra=None, listen_host="127.0.0.1"):
+        self.inbound = (listen_host, free_port(listen_host))
+        self.outbound = (listen_host, free_port(listen_host))
+        self.config = {
+            "workers": workers,
+            "drain_timeout": "2s",
+            "interception": {"mode": "off"},
+            "inbound": {"listen": "%s:%d" % self.inbound, "app": "%s:%d" % tuple(app)},
+            "outbound": {"listen": "%s:%d" % self.outbound},
+            "admin": {"listen": "127.0.0.1:%d" % free_port()},
+            "telemetry": {
+                "metrics": {"listen": "127.0.0.1:%d" % free_port()},
+                "health": {"listen": "127.0.0.1:%d" % free_port()},
+                "access_log": {"path": None},
+            },
+        }
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict) and isinstance(self.config.get(key), dict):
+                self.config[key].update(value)
+            else:
+                self.config[key] = value
+        self.dir = tempfile.mkdtemp(prefix="sidecar-test-")
+        self.config_path = os.path.join(self.dir, "sidecar.yaml")
+        self.log_path = os.path.join(self.dir, "sidecar.log")
+        self.proc = None
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(self.config, f)
+
+    def start(self, timeout=15.0):
+        self.write_config()
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "run", "-c", self.config_path],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(*self.inbound, timeout=timeout, proc=self.proc)
+            wait_for_port(*self.outbound, timeout=timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError("sidecar did not start:\n" + self.log())
+        return self
+
+    def worker_pids(self):
+        """Pids of the worker processes (children of the manager)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, wait; SIGKILL the whole process group if it hangs. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Workers die with the manager; make sure of it.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        time.sleep(0)
