@@ -7,13 +7,26 @@
 
 Where things are: keys and their rules in `schema.py`, units in `units.py`, the typed
 result in `model.py`, the YAML walk in `loader.py`.
-"""
-from .errors import ConfigError, ConfigIssue
-from .loader import load_config, load_config_text
-from .model import Config
-from .schema import config_json_schema, config_to_dict, effective_defaults
 
-__all__ = [
-    "Config", "ConfigError", "ConfigIssue", "load_config", "load_config_text",
-    "config_json_schema", "config_to_dict", "effective_defaults",
-]
+The loader and schema are imported on first use: workers only unpickle `model.Config`
+and should not pay for YAML and the schema tables in resident memory.
+"""
+import importlib
+
+_LAZY = {
+    "ConfigError": ".errors", "ConfigIssue": ".errors",
+    "load_config": ".loader", "load_config_text": ".loader",
+    "Config": ".model",
+    "config_json_schema": ".schema", "config_to_dict": ".schema", "effective_defaults": ".schema",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
