@@ -1,6 +1,7 @@
 """The `sidecar` command line (see SPEC.md, "Commands")."""
 import argparse
 import json
+import logging
 import sys
 
 from sidecar.logs import setup_logging
@@ -14,23 +15,21 @@ def cmd_run(args) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    except OSError as e:
-        print("%s: %s" % (args.config, e.strerror), file=sys.stderr)
-        return 1
     setup_logging(cfg.log_level)
+    for warning in cfg.warnings:
+        logging.getLogger("sidecar.config").warning("%s", warning)
     return Manager(cfg, args.config).run()
 
 
 def cmd_check(args) -> int:
     from sidecar.config import ConfigError, load_config
     try:
-        load_config(args.config)
+        cfg = load_config(args.config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    except OSError as e:
-        print("%s: %s" % (args.config, e.strerror), file=sys.stderr)
-        return 1
+    for warning in cfg.warnings:
+        print("warning: %s" % warning, file=sys.stderr)
     print("%s: ok" % args.config)
     return 0
 
