@@ -178,6 +178,7 @@ cdef class UpstreamConnection:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t r
         cdef MessageHead resp = self.resp
+        cdef ResponseSink sink
         while offset < n and self.sink is not None:
             if self.state == U_WAIT_HEAD:
                 r = self.parser.feed(resp, data, offset, self.request_method)
@@ -191,10 +192,13 @@ cdef class UpstreamConnection:
                     self.sink.on_interim_response(resp)
                     continue
                 if resp.status == 101:
+                    # The sink turns both connections into a tunnel (and detaches from
+                    # this object); bytes after the 101 head are already tunnel bytes.
+                    sink = self.sink
                     self.state = U_TUNNEL
-                    self.sink.on_response_head(resp, FRAME_NONE, NULL, 0, False)
-                    if offset < n and self.sink is not None:
-                        self.sink.on_tunnel_data(data[offset:])
+                    sink.on_response_head(resp, FRAME_NONE, NULL, 0, False)
+                    if offset < n:
+                        sink.on_tunnel_data(data[offset:])
                     return
                 self.framing = self.sink.response_framing(resp)
                 if resp.body_kind == BODY_LENGTH:
