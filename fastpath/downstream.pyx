@@ -338,6 +338,8 @@ cdef class HttpDownstream(ResponseSink):
         if resp.status == 101:
             up = self.upstream
             if not self.req.upgrade or up is None:
+                self.response_started = False
+                self.ctx.responses[1] -= 1
                 self.upstream = None
                 if up is not None:
                     up.detach()
@@ -370,7 +372,8 @@ cdef class HttpDownstream(ResponseSink):
         join_tunnel(self.transport, up.transport, waiting, None)
 
     cdef void on_tunnel_data(self, bytes data):
-        self.transport.write(data)
+        if self.state == D_TUNNEL:
+            self.transport.write(data)
 
     cdef void on_response_body(self, bytes chunk):
         self.transport.write(chunk)
