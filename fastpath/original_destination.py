@@ -16,7 +16,7 @@ def original_destination(sock):
     """(host, port) the client connected to before redirection, or None."""
     try:
         if sock.family == socket.AF_INET6:
-            raw = sock.getsockopt(socket.SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
             if host.startswith("::ffff:") and "." in host:

@@ -31,10 +31,6 @@ BANNER_PORT = 2525          # server speaks first
 BINARY_PORT = 8443          # client sends binary first
 BANNER = b"220 smtp ready\r\n"
 
-IPV6_BUG = ("fastpath/original_destination.py calls sock.getsockopt(socket.SOL_IPV6, ...), but "
-            "Python's socket module has no SOL_IPV6 (the level is socket.IPPROTO_IPV6 = 41): "
-            "every IPv6 socket raises AttributeError, which `except OSError` does not catch, so "
-            "OutboundAccept.connection_made fails and the app's IPv6 connection hangs unanswered")
 
 
 def _topology(client, server):
@@ -143,7 +139,6 @@ def test_http_reaches_original_destination_through_sidecar_ipv4(pods):
     assert result["body"]["peer"][1] != result["local"][1]
 
 
-@pytest.mark.xfail(strict=True, reason=IPV6_BUG)
 def test_http_reaches_original_destination_through_sidecar_ipv6(pods, sidecar_v6):
     result = run_app_python(pods["client"], HTTP_GET, SERVER_V6, HTTP_PORT, timeout=10)
     _check_proxied(result, SERVER_V6, CLIENT_V6)
@@ -292,7 +287,6 @@ def test_original_destination_of_redirected_socket_ipv4(bare_pods):
     assert direct is None
 
 
-@pytest.mark.xfail(strict=True, reason=IPV6_BUG)
 def test_original_destination_of_redirected_socket_ipv6(bare_pods):
     redirected, direct = _redirected_and_direct(bare_pods, "::1", SERVER_V6)
     assert redirected == (SERVER_V6, 7777)
