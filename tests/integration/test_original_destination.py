@@ -32,7 +32,6 @@ BINARY_PORT = 8443          # client sends binary first
 BANNER = b"220 smtp ready\r\n"
 
 
-
 def _topology(client, server):
     return veth_pair(client, server, ["%s/24" % CLIENT_V4, "%s/64" % CLIENT_V6],
                      ["%s/24" % SERVER_V4, "%s/64" % SERVER_V6])
