@@ -2,6 +2,9 @@
 from fastpath.parser cimport MessageHead, HeadParser, ChunkedDecoder, Limits
 from fastpath.head_rewrite cimport RequestId
 from fastpath.upstream cimport ResponseSink, UpstreamConnection, EndpointPool
+from fastpath.exchange cimport ExchangeRecord
+
+cdef class HttpDownstream
 
 
 cdef class ListenerContext:
@@ -24,6 +27,8 @@ cdef class ListenerContext:
     cdef readonly unsigned long long responses[6]   # by status class: 1xx..5xx at [1..5]
     cdef readonly unsigned long long rejected       # malformed requests answered 4xx
     cdef readonly unsigned long long upstream_errors
+
+    cdef void exchange_done(self, HttpDownstream conn)
 
 
 cdef class HttpDownstream(ResponseSink):
@@ -52,13 +57,19 @@ cdef class HttpDownstream(ResponseSink):
     cdef bint writing_paused
     cdef double deadline
     cdef int deadline_kind
+    cdef ExchangeRecord rec             # the exchange in flight (see exchange.pxd)
+    cdef bint in_exchange
+    cdef bint client_eof                # the client half-closed: answer what it sent, then close
 
     cdef void _process(self, bytes data, Py_ssize_t offset)
     cdef bint _start_request(self)
     cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2
     cdef void _queue(self, bytes chunk)
     cdef void _flush_upstream(self)
+    cdef void _begin_record(self, int method)
+    cdef void _finish_record(self, unsigned int flags)
     cdef void _end_exchange(self)
+    cdef void _close_if_client_done(self)
     cdef void _local_response(self, int status, str text, bint close)
     cdef void _reject(self, int status, const char* reason)
     cdef void _pause(self, int reason)

@@ -19,6 +19,8 @@ coarse clock by a sweep a few times a second (`sweep_timeouts`).
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastpath.parser cimport (
     MessageHead, HeadParser, ChunkedDecoder, Limits, M_CONNECT,
@@ -31,6 +33,7 @@ from fastpath.head_rewrite cimport (
 from fastpath.upstream cimport (
     ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
 )
+from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC
 from fastpath.tunnel import join_tunnel
 
 log = logging.getLogger("sidecar.proxy")
@@ -63,6 +66,12 @@ STATUS_TEXT = {
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
+
+
+cdef inline double monotonic_now():
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class ListenerContext:
@@ -98,6 +107,12 @@ cdef class ListenerContext:
         for conn in list(self.connections):
             if conn.state == D_HEAD and not conn.parser.pending:
                 conn._close()
+
+    cdef void exchange_done(self, HttpDownstream conn):
+        """Called once at the end of every exchange, with `conn.rec` complete."""
+        cdef int status = conn.rec.status
+        if 100 <= status < 600:
+            self.responses[status // 100] += 1
 
     @property
     def active_connections(self):
@@ -143,14 +158,24 @@ cdef class HttpDownstream(ResponseSink):
                 self._pause(P_PIPELINE)
 
     def eof_received(self):
-        if self.state == D_BODY or self.state == D_RESPONSE:
-            # Half-closed after a request: answer it, then close.
+        self.client_eof = True
+        if self.state == D_RESPONSE:
+            # Half-closed after its requests: answer each one received, then close.
+            return True
+        if self.state == D_BODY and self.response_started:
+            # The upstream answered before the body was complete: finish that answer.
             self.close_after = True
             return True
+        if self.state == D_BODY:
+            # The request body ends early: the request can never be complete.
+            log.info("%s %s: client closed mid-request body", self.ctx.direction, self.req.target)
+            self._finish_record(RF_DC)
         return False
 
     def connection_lost(self, exc):
         cdef UpstreamConnection up = self.upstream
+        if self.in_exchange:
+            self._finish_record(RF_DC)
         self.state = D_CLOSED
         self.ctx.connections.discard(self)
         self.waiting_for_upstream = False
@@ -207,13 +232,14 @@ cdef class HttpDownstream(ResponseSink):
                 break
         self.processing = False
         self._flush_upstream()
+        self._close_if_client_done()
 
     cdef bint _start_request(self):
         """Starts the exchange for the parsed head; False when answered locally."""
         cdef MessageHead req = self.req
         cdef EndpointPool pool
         cdef bytes head
-        self.ctx.requests += 1
+        self._begin_record(req.method)
         self.response_started = False
         self.request_done = False
         self.retried = False
@@ -260,6 +286,7 @@ cdef class HttpDownstream(ResponseSink):
             take = n - offset
             if take > self.body_remaining:
                 take = <Py_ssize_t>self.body_remaining
+            self.rec.request_bytes += take
             if take:
                 self._queue(data if offset == 0 and take == n else data[offset:offset + take])
                 self.body_remaining -= take
@@ -271,6 +298,7 @@ cdef class HttpDownstream(ResponseSink):
         if pos < 0:
             self._reject(self.chunks.error_status, self.chunks.error_reason)
             return -1
+        self.rec.request_bytes += pos - offset
         out = reframe_chunked(d, self.chunks, self.chunks.done)
         if PyBytes_GET_SIZE(out):
             self._queue(out)
@@ -317,6 +345,7 @@ cdef class HttpDownstream(ResponseSink):
     cdef void on_upstream_connect_failed(self, str reason):
         log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
         self.ctx.upstream_errors += 1
+        self.rec.flags |= RF_UF
         self._local_response(503, "upstream connect error", False)
 
     cdef void on_interim_response(self, MessageHead resp):
@@ -334,12 +363,12 @@ cdef class HttpDownstream(ResponseSink):
                                Py_ssize_t tail_len, bint complete):
         cdef UpstreamConnection up
         self.response_started = True
-        self.ctx.responses[resp.status // 100] += 1
+        self.rec.status = resp.status
+        self.rec.response_bytes += tail_len
         if resp.status == 101:
             up = self.upstream
             if not self.req.upgrade or up is None:
                 self.response_started = False
-                self.ctx.responses[1] -= 1
                 self.upstream = None
                 if up is not None:
                     up.detach()
@@ -359,6 +388,7 @@ cdef class HttpDownstream(ResponseSink):
         """101 Switching Protocols: the connection pair becomes a byte tunnel."""
         cdef bytes waiting = self.pipelined
         self.transport.write(build_response_head(resp, FRAME_NONE, False, False, NULL, 0))
+        self._finish_record(0)         # the HTTP exchange ends here; the tunnel is bytes
         self.state = D_TUNNEL
         self.deadline = 0
         self.deadline_kind = DL_NONE
@@ -376,6 +406,7 @@ cdef class HttpDownstream(ResponseSink):
             self.transport.write(data)
 
     cdef void on_response_body(self, bytes chunk):
+        self.rec.response_bytes += PyBytes_GET_SIZE(chunk)
         self.transport.write(chunk)
 
     cdef void on_response_end(self):
@@ -396,10 +427,12 @@ cdef class HttpDownstream(ResponseSink):
             return
         log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
         self.ctx.upstream_errors += 1
+        self.rec.flags |= RF_UC
         if self.state == D_CLOSED:
             return
         if self.response_started:
             # Part of the response is out: the client can only learn of it by the cut.
+            self._finish_record(0)
             self.transport.abort()
             return
         self._local_response(502, "bad upstream response", False)
@@ -412,8 +445,26 @@ cdef class HttpDownstream(ResponseSink):
 
     # -- exchange end, errors, timeouts -----------------------------------------------
 
+    cdef void _begin_record(self, int method):
+        self.ctx.requests += 1
+        memset(&self.rec, 0, sizeof(self.rec))
+        self.rec.start = monotonic_now()
+        self.rec.method = method
+        self.rec.route = -1
+        self.rec.service = -1
+        self.in_exchange = True
+
+    cdef void _finish_record(self, unsigned int flags):
+        """Ends the exchange in flight (once) and hands its record to telemetry."""
+        if not self.in_exchange:
+            return
+        self.in_exchange = False
+        self.rec.flags |= flags
+        self.ctx.exchange_done(self)
+
     cdef void _end_exchange(self):
         cdef bytes waiting
+        self._finish_record(0)
         if self.close_after or self.ctx.draining or self.state == D_CLOSED:
             self._close()
             return
@@ -425,6 +476,13 @@ cdef class HttpDownstream(ResponseSink):
             self.pipelined = None
             self._resume(P_PIPELINE)
             self._process(waiting, 0)
+        else:
+            self._close_if_client_done()
+
+    cdef void _close_if_client_done(self):
+        """After a half-close, the connection ends once every request it carried is answered."""
+        if self.client_eof and self.state == D_HEAD and not self.processing:
+            self._close()
 
     cdef void _local_response(self, int status, str text, bint close):
         """Answers the current request from the proxy itself (never after a response
@@ -434,14 +492,14 @@ cdef class HttpDownstream(ResponseSink):
         if self.state == D_CLOSED:
             return
         self.response_started = True
-        self.ctx.responses[status // 100] += 1
+        self.rec.status = status
         if up is not None:
             self.upstream = None
             up.detach()
         self.to_upstream = []
         self.to_upstream_bytes = 0
-        if self.state == D_BODY or self.state == D_HEAD:
-            close = True
+        if self.state == D_BODY:
+            close = True       # the rest of the body would be taken for the next request
         close = close or self.close_after or self.ctx.draining
         body = text + "\n"
         self.transport.write((
@@ -457,11 +515,17 @@ cdef class HttpDownstream(ResponseSink):
     cdef void _reject(self, int status, const char* reason):
         """A malformed request: 4xx/5xx, close, and nothing more of it goes upstream."""
         self.ctx.rejected += 1
+        if not self.in_exchange:
+            self._begin_record(0)
         log.info("%s: rejected request from %s: %d %s", self.ctx.direction,
                  self.client_ip.decode() if self.client_ip else "?", status,
                  (<bytes>reason).decode())
         self.state = D_HEAD
         self._local_response(status, (<bytes>reason).decode(), True)
+
+    def refuse_not_http(self):
+        """The connection's first bytes are not an HTTP/1 request and cannot go anywhere else."""
+        self._reject(400, b"not an HTTP/1 request")
 
     cdef void _pause(self, int reason):
         if self.pause_reasons == 0 and self.state != D_CLOSED:
@@ -492,6 +556,8 @@ cdef class HttpDownstream(ResponseSink):
         self.deadline_kind = DL_NONE
         if kind == DL_HEADER:
             if self.parser.pending or self.state == D_BODY:
+                if not self.in_exchange:
+                    self._begin_record(0)
                 log.info("%s: request head from %s not complete in time", self.ctx.direction,
                          self.client_ip.decode() if self.client_ip else "?")
                 self._local_response(408, "request header read timeout", True)
@@ -501,7 +567,9 @@ cdef class HttpDownstream(ResponseSink):
             self._close()
         elif kind == DL_REQUEST and self.state != D_CLOSED:
             log.warning("%s %s: upstream request timeout", self.ctx.direction, self.req.target)
+            self.rec.flags |= RF_UT
             if self.response_started:
+                self._finish_record(0)
                 self.transport.abort()
             else:
                 self._local_response(504, "upstream request timeout", True)

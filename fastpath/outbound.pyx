@@ -136,8 +136,12 @@ cdef class OutboundAccept:
             return
         self.decided = True
         self.timer.cancel()
-        if looks_like_http1(data) or self.original_dst is None:
+        if looks_like_http1(data):
             self._become_http(data)
+        elif self.original_dst is None:
+            # Not HTTP/1 (TLS, a binary protocol) and nowhere to tunnel it: refuse now
+            # rather than wait for a line end that will never come.
+            self._become_http(None).refuse_not_http()
         else:
             start_tunnel(self.ctx.loop, self.transport, self.original_dst[0],
                          self.original_dst[1], data)
@@ -159,6 +163,7 @@ cdef class OutboundAccept:
         http.connection_made(self.transport)
         if first:
             http.data_received(first)
+        return http
 
     def eof_received(self):
         return False

@@ -255,11 +255,6 @@ def test_client_half_close_after_a_request_still_gets_the_response(sc):
         assert c.read_until_close() == b""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two complete pipelined requests followed by a client half-close (SHUT_WR): only the "
-    "first is answered, then the connection closes; the second, fully received request is "
-    "dropped (eof_received sets close_after for the exchange in flight, and _end_exchange "
-    "closes without processing the pipelined bytes)"))
 def test_all_requests_pipelined_before_a_client_half_close_are_answered(sc):
     with RawClient(sc.inbound, timeout=5) as c:
         c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes/4 HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -86,35 +86,6 @@ def test_match_without_port_accepts_host_with_any_port_or_none(apps):
     assert one.requests == [] and two.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a Host without a port (`Host: svc.local`, what curl sends for http://svc.local/) does not "
-    "match a service declared as `svc.local:80`: OutboundRouter.match_service looks up "
-    "(host, None) only, never the scheme's default port 80, so the request gets 404"))
-def test_host_without_port_matches_service_declared_on_default_port_80(apps):
-    sc, one, two, three = apps
-    with RawClient(sc.outbound) as c:
-        c.send(b"GET /default-port HTTP/1.1\r\nHost: svc.local\r\n\r\n")
-        assert c.read_response()[0] == 200
-    assert paths(one) + paths(two) == ["/default-port"]
-
-
-def test_unmatched_host_is_404_with_plain_body_and_reaches_no_endpoint(apps):
-    sc, one, two, three = apps
-    with RawClient(sc.outbound) as c:
-        c.send(b"GET /nowhere HTTP/1.1\r\nHost: unknown.local\r\n\r\n")
-        status, headers, body = c.read_response()
-        assert (status, body) == (404, b"no route to this destination\n")
-        assert headers["content-type"] == "text/plain"
-        assert int(headers["content-length"]) == len(body)
-    assert one.requests == [] and two.requests == [] and three.requests == []
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "a 404 for an unmatched Host on a bodiless keep-alive request closes the connection "
-    "('connection: close', then EOF): _start_request answers via _local_response while the "
-    "state is still D_HEAD, and _local_response forces close for D_HEAD, although its "
-    "docstring and _process ('a kept-alive connection goes on to the next request') mean "
-    "to keep it open; a 503 after a connect failure does keep it open"))
 def test_kept_alive_connection_goes_on_after_404_for_bodiless_request(apps):
     sc, one, two, three = apps
     with RawClient(sc.outbound) as c:
@@ -167,11 +138,6 @@ def test_non_http_line_without_original_destination_is_rejected_and_closed(apps)
     assert one.requests == [] and two.requests == [] and three.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "non-HTTP first bytes without a line end (a TLS ClientHello 16 03 01 ...) on an outbound "
-    "connection with no original destination are handed to the HTTP parser, which waits for a "
-    "CRLF: the connection stays open until limits.header_read_timeout and then gets a "
-    "plain-text 408, instead of being closed at once (there is nowhere to tunnel it)"))
 def test_tls_hello_without_original_destination_is_closed_at_once(apps):
     sc, one, two, three = apps
     client_hello = bytes.fromhex("16 03 01 02 00 01 00 01 fc 03 03") + b"\x5a" * 32
