@@ -3,6 +3,7 @@ from fastpath.parser cimport MessageHead, HeadParser, ChunkedDecoder, Limits
 from fastpath.head_rewrite cimport RequestId
 from fastpath.upstream cimport ResponseSink, UpstreamConnection, EndpointPool
 from fastpath.exchange cimport ExchangeRecord
+from fastpath.stats cimport WorkerStats
 
 cdef class HttpDownstream
 
@@ -27,6 +28,9 @@ cdef class ListenerContext:
     cdef readonly unsigned long long responses[6]   # by status class: 1xx..5xx at [1..5]
     cdef readonly unsigned long long rejected       # malformed requests answered 4xx
     cdef readonly unsigned long long upstream_errors
+    cdef WorkerStats worker_stats       # the worker's shared-memory counters, or None
+    cdef object access_log              # telemetry's queue of finished exchanges, or None
+    cdef int direction_index            # DIR_INBOUND / DIR_OUTBOUND (stats.pxd)
 
     cdef void exchange_done(self, HttpDownstream conn)
 

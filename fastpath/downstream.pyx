@@ -34,6 +34,7 @@ from fastpath.upstream cimport (
     ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
 )
 from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC
+from fastpath.stats cimport WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP
 from fastpath.tunnel import join_tunnel
 
 log = logging.getLogger("sidecar.proxy")
@@ -91,6 +92,25 @@ cdef class ListenerContext:
         self.app_pool = app_pool
         self.router = router
         self.draining = False
+        self.direction_index = DIR_OUTBOUND if direction == "outbound" else DIR_INBOUND
+
+    def attach_telemetry(self, WorkerStats stats, access_log=None):
+        """Where finished exchanges are counted (shared memory) and logged (a queue with
+        a `push(facts)` method, or None for no access log)."""
+        self.worker_stats = stats
+        self.access_log = access_log
+
+    def configure(self, Limits limits, EndpointPool app_pool=None, router=None,
+                  double header_read_timeout=10.0, double idle_timeout=300.0,
+                  double request_timeout=0.0):
+        """Takes a new config's values for the connections and exchanges that start from
+        now on (Worker.apply_config); those in flight keep what they began with."""
+        self.limits = limits
+        self.app_pool = app_pool
+        self.router = router
+        self.header_read_timeout = header_read_timeout
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
 
     def sweep_timeouts(self):
         """Advances the coarse clock and closes what is past its deadline."""
@@ -109,10 +129,17 @@ cdef class ListenerContext:
                 conn._close()
 
     cdef void exchange_done(self, HttpDownstream conn):
-        """Called once at the end of every exchange, with `conn.rec` complete."""
+        """Called once at the end of every exchange, with `conn.rec` complete: counts it
+        into shared memory (C stores only) and queues its access-log line when enabled."""
         cdef int status = conn.rec.status
+        cdef double now = monotonic_now()
+        cdef WorkerStats stats = self.worker_stats
         if 100 <= status < 600:
             self.responses[status // 100] += 1
+        if stats is not None:
+            stats.record_exchange(self.direction_index, &conn.rec, now)
+        if self.access_log is not None:
+            self.access_log.push(conn.exchange_facts(now))
 
     @property
     def active_connections(self):
@@ -145,6 +172,8 @@ cdef class HttpDownstream(ResponseSink):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode() if peer else None
         self.ctx.connections.add(self)
+        if self.ctx.worker_stats is not None:
+            self.ctx.worker_stats.connection_opened(self.ctx.direction_index, PROTO_HTTP)
         self.deadline = self.ctx.now + self.ctx.header_read_timeout
         self.deadline_kind = DL_HEADER
 
@@ -176,6 +205,8 @@ cdef class HttpDownstream(ResponseSink):
         cdef UpstreamConnection up = self.upstream
         if self.in_exchange:
             self._finish_record(RF_DC)
+        if self.state != D_TUNNEL and self.ctx.worker_stats is not None:
+            self.ctx.worker_stats.connection_closed(self.ctx.direction_index, PROTO_HTTP)
         self.state = D_CLOSED
         self.ctx.connections.discard(self)
         self.waiting_for_upstream = False
@@ -390,6 +421,9 @@ cdef class HttpDownstream(ResponseSink):
         self.transport.write(build_response_head(resp, FRAME_NONE, False, False, NULL, 0))
         self._finish_record(0)         # the HTTP exchange ends here; the tunnel is bytes
         self.state = D_TUNNEL
+        if self.ctx.worker_stats is not None:
+            # From here the connection is a tunnel's, not an HTTP connection.
+            self.ctx.worker_stats.connection_closed(self.ctx.direction_index, PROTO_HTTP)
         self.deadline = 0
         self.deadline_kind = DL_NONE
         self.ctx.connections.discard(self)
@@ -453,6 +487,7 @@ cdef class HttpDownstream(ResponseSink):
         self.rec.route = -1
         self.rec.service = -1
         self.in_exchange = True
+        self.pool = None
 
     cdef void _finish_record(self, unsigned int flags):
         """Ends the exchange in flight (once) and hands its record to telemetry."""
@@ -522,6 +557,25 @@ cdef class HttpDownstream(ResponseSink):
                  (<bytes>reason).decode())
         self.state = D_HEAD
         self._local_response(status, (<bytes>reason).decode(), True)
+
+    def exchange_facts(self, double now):
+        """What the access log says of the exchange that just ended: a tuple in the order of
+        sidecar.telemetry.access_log.FACTS. Built only when the access log is on."""
+        cdef MessageHead req = self.req
+        cdef EndpointPool pool = self.pool
+        cdef bint parsed = req.buf != NULL and req.end > req.start
+        request_id = None
+        if parsed and req.request_id_index >= 0:
+            request_id = req.get(b"x-request-id")
+        elif pool is not None:
+            request_id = self.ctx.request_id.text[:36]     # generated for this request
+        return (self.ctx.direction, self.rec.start, now,
+                req.method_bytes if parsed else None, req.target if parsed else None,
+                req.get(b"host") if parsed else None, request_id,
+                self.rec.route, self.rec.service,
+                (pool.host, pool.port) if pool is not None else None,
+                self.rec.status, self.rec.flags, self.rec.request_bytes,
+                self.rec.response_bytes, self.rec.retries, self.client_ip)
 
     def refuse_not_http(self):
         """The connection's first bytes are not an HTTP/1 request and cannot go anywhere else."""

@@ -1,19 +1,27 @@
 """A worker process: the uvloop event loop running the fastpath listeners.
 
-Started by the manager as `python -m sidecar.worker`, with the validated config pickled on
-stdin. Each worker binds its own listening sockets with SO_REUSEPORT, so the kernel spreads
-new connections over the workers. SIGTERM drains: stop accepting, let in-flight exchanges
-finish (kept-alive connections close after their current response) for at most
-`drain_timeout`, exit 0. Never imports bcc: its memory is the pod's for the pod's lifetime.
+Started by the manager as `python -m sidecar.worker --index I --control-fd C --stats-fd S`.
+Its config arrives on the control channel (sidecar.control): the first "apply" is read
+before the loop starts; later ones are applied in place (`Worker.apply_config`), for the
+exchanges that start from then on, while the connections in flight finish as they began.
+Each worker binds its own listening sockets with SO_REUSEPORT, so the kernel spreads new
+connections over the workers, and counts every exchange into its shared-memory segment
+(fastpath.stats). SIGTERM drains: stop accepting, let in-flight exchanges finish
+(kept-alive connections close after their current response) for at most `drain_timeout`,
+exit 0. Never imports bcc: its memory is the pod's for the pod's lifetime.
 """
+import argparse
 import asyncio
 import ctypes
 import logging
+import mmap
 import os
-import pickle
 import signal
 import socket
+import struct
 import sys
+import time
+import pickle
 
 import uvloop
 
@@ -21,14 +29,17 @@ from fastpath.downstream import ListenerContext
 from fastpath.inbound import inbound_protocol_factory
 from fastpath.outbound import OutboundRouter, outbound_protocol_factory
 from fastpath.parser import Limits
+from fastpath.stats import WorkerStats
 from fastpath.upstream import EndpointPool
 from sidecar.config.model import Config
+from sidecar.control import Channel
 from sidecar.logs import setup_logging
 
 log = logging.getLogger("sidecar.worker")
 
 SWEEP_INTERVAL = 0.25       # seconds between timeout sweeps (the coarse clock's resolution)
 PR_SET_PDEATHSIG = 1
+M_ACCESS_LOG_DROPPED = 6    # fastpath/stats.pxd StatsMetric
 
 
 def listening_socket(address, backlog=1024):
@@ -45,49 +56,145 @@ def listening_socket(address, backlog=1024):
     return sock
 
 
+def route_names(cfg: Config, direction: str) -> list:
+    """Names of the routes of one direction, in the order their indices count
+    (ExchangeRecord.route: the index among the routes of its direction, config order)."""
+    return [r.name for r in cfg.routes if r.direction == direction]
+
+
+class Snapshot:
+    """Everything a config turns into in a worker, built before anything is swapped."""
+
+    def __init__(self, worker, cfg: Config, labels: dict):
+        lim = cfg.limits
+        self.cfg = cfg
+        self.limits = Limits(lim.max_request_line, lim.max_header_bytes, lim.max_headers)
+        old = worker.snapshot
+        app_key = (cfg.inbound.app, lim.max_request_line, lim.max_header_bytes, lim.max_headers,
+                   lim.upstream_idle_timeout, lim.connect_timeout)
+        if old is not None and old.app_key == app_key:
+            self.app_pool = old.app_pool      # same app, same limits: keep its warm connections
+        else:
+            app_host, app_port = cfg.inbound.app
+            self.app_pool = EndpointPool(worker.loop, app_host, app_port, self.limits,
+                                         1024, 256, lim.upstream_idle_timeout, lim.connect_timeout)
+        self.app_key = app_key
+        self.router = OutboundRouter(worker.loop, self.limits, cfg.services,
+                                     lim.connect_timeout, lim.upstream_idle_timeout)
+        self.request_timeout = max((s.timeouts.request for s in cfg.services), default=15.0)
+        routes = labels.get("routes", {})
+        services = labels.get("services", {})
+        self.route_ids = [[routes.get(n, 0) for n in route_names(cfg, d)] for d in ("inbound", "outbound")]
+        self.service_ids = [services.get(s.name, 0) for s in cfg.services]
+        self.names = (route_names(cfg, "inbound"), route_names(cfg, "outbound"),
+                      [s.name for s in cfg.services])
+        log_cfg = cfg.telemetry.access_log
+        self.access_log_key = (log_cfg.path, log_cfg.format)
+        if old is not None and old.access_log_key == self.access_log_key:
+            self.access_log = old.access_log
+        elif log_cfg.path:
+            from sidecar.telemetry.access_log import AccessLog
+            self.access_log = AccessLog(log_cfg.path, log_cfg.format, on_drop=worker.count_dropped_line)
+        else:
+            self.access_log = None
+
+
 class Worker:
     """The listeners of one worker process and their shared state."""
 
-    def __init__(self, cfg: Config, index: int):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, index: int, stats: WorkerStats = None, labels=None,
+                 generation: int = 0):
         self.index = index
         self.loop = asyncio.get_running_loop()
-        lim = cfg.limits
-        self.limits = Limits(lim.max_request_line, lim.max_header_bytes, lim.max_headers)
-        app_host, app_port = cfg.inbound.app
-        self.app_pool = EndpointPool(self.loop, app_host, app_port, self.limits,
-                                     1024, 256, lim.upstream_idle_timeout, lim.connect_timeout)
-        self.inbound = ListenerContext(
-            self.loop, "inbound", self.limits, app_pool=self.app_pool,
-            header_read_timeout=lim.header_read_timeout, idle_timeout=lim.idle_timeout)
-        self.router = OutboundRouter(self.loop, self.limits, cfg.services,
-                                     lim.connect_timeout, lim.upstream_idle_timeout)
-        self.outbound = ListenerContext(
-            self.loop, "outbound", self.limits, router=self.router,
-            header_read_timeout=lim.header_read_timeout, idle_timeout=lim.idle_timeout,
-            request_timeout=max((s.timeouts.request for s in cfg.services), default=15.0))
+        self.stats = stats
+        self.snapshot = None
+        self.generation = 0
+        self.retired_pools = []       # pools of replaced snapshots, closed once idle
+        self.inbound = ListenerContext(self.loop, "inbound", Limits(8192, 65536, 100))
+        self.outbound = ListenerContext(self.loop, "outbound", Limits(8192, 65536, 100))
         self.servers = []
+        self.listen = None
         self.stopping = asyncio.Event()
+        self.apply_config(cfg, labels or {}, generation)
+
+    @property
+    def cfg(self) -> Config:
+        return self.snapshot.cfg
+
+    def apply_config(self, cfg: Config, labels: dict = None, generation: int = 0) -> float:
+        """The one place a new config takes effect in a running worker.
+
+        Everything is built first (an error raises and leaves the running config as it
+        was), then swapped in at once, between two events of the loop: exchanges that
+        start afterwards see only the new config, those in flight finish with the old.
+        Returns the seconds it took."""
+        started = time.monotonic()
+        listen = (cfg.inbound.listen, cfg.outbound.listen)
+        if self.listen is not None and listen != self.listen:
+            raise ValueError("listen addresses changed: needs new workers")
+        snapshot = Snapshot(self, cfg, labels or {})
+        # -- swap (nothing below may fail) --
+        old, self.snapshot = self.snapshot, snapshot
+        lim = cfg.limits
+        self.inbound.configure(snapshot.limits, app_pool=snapshot.app_pool,
+                               header_read_timeout=lim.header_read_timeout,
+                               idle_timeout=lim.idle_timeout)
+        self.outbound.configure(snapshot.limits, router=snapshot.router,
+                                header_read_timeout=lim.header_read_timeout,
+                                idle_timeout=lim.idle_timeout,
+                                request_timeout=snapshot.request_timeout)
+        applied_at = time.monotonic()
+        if self.stats is not None:
+            self.stats.set_labels(snapshot.route_ids[0], snapshot.route_ids[1],
+                                  snapshot.service_ids, applied_at, generation)
+        if snapshot.access_log is not None:
+            snapshot.access_log.formatter.set_names(*snapshot.names, applied_at)
+        self.inbound.attach_telemetry(self.stats, snapshot.access_log)
+        self.outbound.attach_telemetry(self.stats, snapshot.access_log)
+        logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
+        self.generation = generation
+        if old is not None:
+            if old.app_pool is not snapshot.app_pool:
+                self.retired_pools.append(old.app_pool)
+            self.retired_pools.extend(old.router.pools.values())
+            if old.access_log is not None and old.access_log is not snapshot.access_log:
+                old.access_log.close()
+        return time.monotonic() - started
+
+    def count_dropped_line(self):
+        if self.stats is not None:
+            self.stats.add(M_ACCESS_LOG_DROPPED, 0, 0, 1)
+
+    def _inbound_factory(self):
+        cfg = self.snapshot.cfg
+        return inbound_protocol_factory(self.inbound, cfg.inbound.tcp_passthrough_ports,
+                                        cfg.inbound.app[0])()
+
+    def _outbound_factory(self):
+        return outbound_protocol_factory(self.outbound,
+                                         self.snapshot.cfg.outbound.protocol_detect_timeout)()
 
     async def start(self):
-        inbound_factory = inbound_protocol_factory(
-            self.inbound, self.cfg.inbound.tcp_passthrough_ports, self.cfg.inbound.app[0])
-        outbound_factory = outbound_protocol_factory(
-            self.outbound, self.cfg.outbound.protocol_detect_timeout)
-        for address, factory in ((self.cfg.inbound.listen, inbound_factory),
-                                 (self.cfg.outbound.listen, outbound_factory)):
+        cfg = self.snapshot.cfg
+        self.listen = (cfg.inbound.listen, cfg.outbound.listen)
+        for address, factory in ((cfg.inbound.listen, self._inbound_factory),
+                                 (cfg.outbound.listen, self._outbound_factory)):
             server = await self.loop.create_server(factory, sock=listening_socket(address))
             self.servers.append(server)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         log.info("worker %d: inbound %s:%d -> %s:%d, outbound %s:%d", self.index,
-                 *self.cfg.inbound.listen, *self.cfg.inbound.app, *self.cfg.outbound.listen)
+                 *cfg.inbound.listen, *cfg.inbound.app, *cfg.outbound.listen)
 
     def _sweep(self):
         self.inbound.sweep_timeouts()
         self.outbound.sweep_timeouts()
         now = self.loop.time()
-        self.app_pool.close_idle(now)
-        self.router.close_idle(now)
+        self.snapshot.app_pool.close_idle(now)
+        self.snapshot.router.close_idle(now)
+        if self.retired_pools:
+            for pool in self.retired_pools:
+                pool.close_idle(now, True)
+            self.retired_pools = [p for p in self.retired_pools if p.open_connections]
         if not self.stopping.is_set():
             self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -107,12 +214,58 @@ class Worker:
         left = self.inbound.active_connections + self.outbound.active_connections
         if left:
             log.warning("worker %d: drain timeout, closing %d connections", self.index, left)
+        if self.snapshot.access_log is not None:
+            self.snapshot.access_log.close()
         self.stopping.set()
 
 
-async def serve(cfg: Config, index: int):
-    worker = Worker(cfg, index)
+class ControlHandler:
+    """Answers the manager's messages on the control channel."""
+
+    def __init__(self, worker: Worker, sock: socket.socket):
+        self.worker = worker
+        self.channel = Channel(worker.loop, sock, self.on_message, self.on_closed)
+
+    def on_message(self, message):
+        op = message.get("op")
+        if op == "apply":
+            generation = message["generation"]
+            try:
+                took = self.worker.apply_config(message["config"], message.get("labels"), generation)
+                reply = {"op": "applied", "generation": generation, "ok": True, "seconds": took}
+            except Exception as e:          # any failure refuses this config, whole
+                log.error("worker %d: config generation %d refused: %s", self.worker.index,
+                          generation, e)
+                reply = {"op": "applied", "generation": generation, "ok": False,
+                         "error": "%s: %s" % (type(e).__name__, e)}
+            self.worker.loop.create_task(self.channel.send(reply))
+        elif op == "log_level":
+            logging.getLogger().setLevel(getattr(logging, message["level"].upper(), logging.INFO))
+
+    def on_closed(self):
+        # The manager is gone (PDEATHSIG covers a kill; this covers a closed channel).
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def read_first_message(sock: socket.socket) -> dict:
+    """The manager's first "apply", read before the event loop exists."""
+    def read_exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("control channel closed before the config arrived")
+            data += chunk
+        return data
+    (size,) = struct.unpack(">I", read_exactly(4))
+    return pickle.loads(read_exactly(size))
+
+
+async def serve(first: dict, index: int, control: socket.socket, stats: WorkerStats):
+    worker = Worker(first["config"], index, stats, first.get("labels"), first["generation"])
+    handler = ControlHandler(worker, control)
     await worker.start()
+    await handler.channel.send({"op": "ready", "generation": worker.generation, "pid": os.getpid()})
     drained = asyncio.Event()
 
     async def on_term():
@@ -125,9 +278,11 @@ async def serve(cfg: Config, index: int):
 
 
 def main():
-    cfg = pickle.loads(sys.stdin.buffer.read())
-    index = int(sys.argv[sys.argv.index("--index") + 1]) if "--index" in sys.argv else 0
-    setup_logging(cfg.log_level)
+    parser = argparse.ArgumentParser(prog="sidecar.worker")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--stats-fd", type=int)
+    args = parser.parse_args()
     # Die with the manager, even after a kill -9 of it.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -135,7 +290,15 @@ def main():
         pass
     if os.getppid() == 1:
         sys.exit(0)
-    uvloop.run(serve(cfg, index))
+    control = socket.socket(fileno=args.control_fd)
+    first = read_first_message(control)
+    setup_logging(first["config"].log_level)
+    stats = None
+    if args.stats_fd is not None:
+        size = os.fstat(args.stats_fd).st_size
+        stats = WorkerStats(mmap.mmap(args.stats_fd, size))
+        os.close(args.stats_fd)
+    uvloop.run(serve(first, args.index, control, stats))
 
 
 if __name__ == "__main__":

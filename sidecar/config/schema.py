@@ -380,6 +380,11 @@ ROUTE = Section([
 
 # --- kernel, tls, admin, telemetry -------------------------------------------------------
 
+
+def _access_log_format(text: str) -> str:
+    from sidecar.telemetry.access_log import check_format
+    return check_format(text)
+
 KERNEL = Section([
     Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")), "dropped in the kernel"),
     Field("allow_inbound_ports", ListOf(PORT), "default: all ports allowed"),
@@ -409,7 +414,7 @@ TELEMETRY = Section([
           flatten=True),
     Field("access_log", Section([
         Field("path", Str(), "stdout, stderr, a file, or null for none", nullable=True),
-        Field("format", Str(), "json, or a template string"),
+        Field("format", Str(_access_log_format), "json, or a template of %field% (Envoy's operators too)"),
     ], AccessLog)),
     Field("tracing", Section([
         Field("propagate", ListOf(Enum("w3c", "b3")), "trace header formats"),

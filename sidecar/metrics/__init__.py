@@ -1,0 +1,8 @@
+"""Prometheus metrics of the sidecar (SPEC.md, "Metrics").
+
+    labels        stable ids of route and service names (the label values in shared memory)
+    segments      the workers' shared-memory segments, live and retired
+    worker_stats  the collector of the workers' counters (sidecar_requests_total, ...)
+    registry      the one place a collector per source is registered
+    server        the /metrics endpoint (text or OpenMetrics by content negotiation)
+"""
