@@ -50,6 +50,51 @@ def cmd_demo(args) -> int:
     return run_demo(duration=args.duration, connections=args.connections)
 
 
+def _admin_address(args, kind):
+    """host:port of the local sidecar's admin API or health listener: from -c FILE, or
+    SPEC's defaults."""
+    if getattr(args, "config", None):
+        from sidecar.config import load_config
+        cfg = load_config(args.config)
+        host, port = cfg.admin.listen if kind == "admin" else cfg.telemetry.health_listen
+    else:
+        host, port = ("127.0.0.1", 15000) if kind == "admin" else ("127.0.0.1", 15021)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def cmd_wait_ready(args) -> int:
+    """Exits 0 once the local sidecar answers ready (Istio's holdApplicationUntilProxyStarts,
+    Linkerd's proxy-await); 1 at the timeout."""
+    import time
+    import urllib.error
+    import urllib.request
+    url = args.url or "http://%s/healthz/ready" % _admin_address(args, "health")
+    deadline = time.monotonic() + args.timeout
+    last = "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:
+                if r.status == 200:
+                    print("sidecar ready")
+                    return 0
+        except urllib.error.HTTPError as e:
+            last = "%d %s" % (e.code, e.read().decode(errors="replace").strip())
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", e))
+        if time.monotonic() >= deadline:
+            print("sidecar not ready after %gs (%s): %s" % (args.timeout, url, last), file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+
+
+def cmd_stats(args) -> int:
+    from sidecar.stats_view import run_stats
+    url = args.url or "http://%s/stats" % _admin_address(args, "admin")
+    return run_stats(url, args.watch, args.interval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar", description="bpf-sidecar: an eBPF-assisted traffic sidecar")
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the config's JSON Schema or its defaults")
     config.add_argument("what", choices=["schema", "defaults"])
     config.set_defaults(func=cmd_config)
+
+    wait = sub.add_parser("wait-ready", help="exit 0 once the local sidecar is ready")
+    wait.add_argument("--timeout", type=float, default=60.0)
+    wait.add_argument("-c", "--config", help="read the health listener from this config")
+    wait.add_argument("--url", help="readiness URL (default: http://127.0.0.1:15021/healthz/ready)")
+    wait.set_defaults(func=cmd_wait_ready)
+
+    stats = sub.add_parser("stats", help="the running sidecar's counters as tables")
+    stats.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    stats.add_argument("--interval", type=float, default=1.0)
+    stats.add_argument("-c", "--config", help="read the admin listener from this config")
+    stats.add_argument("--url", help="stats URL (default: http://127.0.0.1:15000/stats)")
+    stats.set_defaults(func=cmd_stats)
 
     demo = sub.add_parser("demo", help="a sample app behind the sidecar, traffic, a summary")
     demo.add_argument("--duration", type=float, default=5.0)

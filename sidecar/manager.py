@@ -43,6 +43,7 @@ SUPERVISE_INTERVAL = 0.1
 APPLY_TIMEOUT = 10.0        # a running worker answers an "apply" within this
 READY_TIMEOUT = 60.0        # a new worker reports ready within this, or the reload is refused
 CONFIG_POLL_INTERVAL = 1.0  # the config file watch (mtime, inode, and the ..data link target)
+CONFIG_SETTLE = 0.2         # a changed file must be unchanged this long before it is read
 
 
 class WorkerProcess:
@@ -454,6 +455,11 @@ class Manager:
             await asyncio.sleep(CONFIG_POLL_INTERVAL)
             now = config_fingerprint(self.config_path)
             if now is not None and now != self._file_seen:
+                # A file written in place (not renamed over) may still be growing: wait
+                # until it has stopped changing for one short interval.
+                await asyncio.sleep(CONFIG_SETTLE)
+                if config_fingerprint(self.config_path) != now:
+                    continue
                 log.info("config file changed: reloading")
                 await self.reload()
 

@@ -118,6 +118,7 @@ class _AppHandler(http.server.BaseHTTPRequestHandler):
 class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128     # socketserver's 5 drops SYNs as soon as a client opens a few at once
 
 
 def sha256_of_bytes_endpoint(n):

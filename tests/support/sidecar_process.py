@@ -48,8 +48,12 @@ class SidecarProcess:
         self.proc = None
 
     def write_config(self):
-        with open(self.config_path, "w") as f:
+        """Writes the config atomically (a new file renamed over the old), as a config
+        management tool would: the sidecar's file watch never sees half a file."""
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
             yaml.safe_dump(self.config, f)
+        os.replace(tmp, self.config_path)
 
     def start(self, timeout=15.0):
         self.write_config()
