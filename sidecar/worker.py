@@ -294,7 +294,8 @@ def main():
     first = read_first_message(control)
     setup_logging(first["config"].log_level)
     stats = None
-    if args.stats_fd is not None:
+    # SIDECAR_STATS=off: no shared-memory counting, only to measure what it costs.
+    if args.stats_fd is not None and os.environ.get("SIDECAR_STATS") != "off":
         size = os.fstat(args.stats_fd).st_size
         stats = WorkerStats(mmap.mmap(args.stats_fd, size))
         os.close(args.stats_fd)
