@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick clean
+.PHONY: setup test demo bench bench-quick bench-management clean
 
 setup:
 	@scripts/setup-host.sh
@@ -15,6 +15,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.management
+
+bench-management: setup
+	$(PY) -m benchmarks.management $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick
