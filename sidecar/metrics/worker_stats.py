@@ -110,13 +110,7 @@ class WorkerStatsCollector:
             code = str(status)
             requests.add_metric([direction, route, service, method_name(method), code,
                                  response_flags(flags)], n)
-            hkey = (direction, route, service, code)
-            h = durations.get(hkey)
-            if h is None:
-                durations[hkey] = [list(buckets), dur_sum]
-            else:
-                h[0] = [a + b for a, b in zip(h[0], buckets)]
-                h[1] += dur_sum
+            _add_histogram(durations, (direction, route, service, code), buckets, dur_sum)
             bkey = (direction, route, service)
             bytes_in[bkey] = bytes_in.get(bkey, 0) + req_b
             bytes_out[bkey] = bytes_out.get(bkey, 0) + resp_b
@@ -210,12 +204,7 @@ class WorkerStatsCollector:
                 values = ("source", name, namespace, "unknown", "unknown", svc, svc, "http",
                           str(status), response_flags(flags), "unknown")
             per_key[values] = per_key.get(values, 0) + n
-            h = durations.get(values)
-            if h is None:
-                durations[values] = [list(buckets), dur_sum]
-            else:
-                h[0] = [a + b for a, b in zip(h[0], buckets)]
-                h[1] += dur_sum
+            _add_histogram(durations, values, buckets, dur_sum)
         for values, n in per_key.items():
             requests.add_metric(list(values), n)
         yield requests
@@ -224,6 +213,16 @@ class WorkerStatsCollector:
         for values, (buckets, dur_sum) in durations.items():
             hist.add_metric(list(values), _cumulative(buckets, _LE_MS), dur_sum * 1000.0)
         yield hist
+
+
+def _add_histogram(table, key, buckets, dur_sum):
+    """Adds one label set's bucket counts and sum into table[key] = [buckets, sum]."""
+    h = table.get(key)
+    if h is None:
+        table[key] = [list(buckets), dur_sum]
+    else:
+        h[0] = [a + b for a, b in zip(h[0], buckets)]
+        h[1] += dur_sum
 
 
 def _cumulative(buckets, bounds):
