@@ -4,8 +4,9 @@
               read and validate the file, and to apply it on every worker (push, compile,
               swap, ack)
     scrape    GET /metrics while wrk loads the sidecar (2 workers)
-    overhead  wrk throughput with the shared-memory counters on and off (SIDECAR_STATS=off),
-              interleaved rounds, 1 worker
+    overhead  CPU per request (and wrk throughput) with the shared-memory counters on and
+              off (SIDECAR_STATS=off): two 1-worker sidecars side by side, loaded in
+              alternating order over interleaved rounds
 
 The app is nginx (benchmarks.peers.app_server); load is wrk on loopback. Results go to
 benchmarks/results/management.json and are printed. Targets (issue 5): reload applied on
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import proc_stats
 from benchmarks.peers import app_server, free_ports, sidecar_command
 from benchmarks.wrk import run_wrk
 
@@ -146,27 +148,47 @@ def bench_scrape(workdir, app_port, duration):
 
 
 def bench_overhead(workdir, app_port, rounds, duration):
+    """The shared-memory counters' cost: CPU per request of the sidecar's processes (the
+    figure that decides throughput once the proxy is CPU-bound) with them on and off.
+
+    Both sidecars run side by side for the whole measurement and are loaded in turn,
+    in an order that alternates every round, so drift on this shared machine hits both
+    alike; medians over the rounds are compared."""
+    sidecars = {mode: Sidecar(Path(workdir) / ("overhead-%s" % mode), app_port, 1, routes=0,
+                              env={"SIDECAR_STATS": mode})
+                for mode in ("on", "off")}
+    cpu = {"on": [], "off": []}
     rates = {"on": [], "off": []}
-    for r in range(rounds):
-        for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
-            sc = Sidecar(Path(workdir) / ("overhead-%s-%d" % (mode, r)), app_port, 1, routes=0,
-                         env={"SIDECAR_STATS": mode})
-            try:
+    try:
+        for sc in sidecars.values():        # warm both (connection pools, caches)
+            run_wrk(sc.url("inbound", "/"), threads=2, connections=32, duration_s=1)
+        for r in range(rounds):
+            for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                sc = sidecars[mode]
+                before = proc_stats.sample_cpu([sc.proc.pid])
                 wrk, _ = run_wrk(sc.url("inbound", "/"), threads=2, connections=32, duration_s=duration)
+                user, system = proc_stats.cpu_delta(before, proc_stats.sample_cpu([sc.proc.pid]))
                 assert wrk.errors == 0, wrk.to_dict()
+                cpu[mode].append((user + system) * 1e6 / wrk.requests)
                 rates[mode].append(wrk.requests_per_s)
-            finally:
-                sc.stop()
+    finally:
+        for sc in sidecars.values():
+            sc.stop()
+    cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
-    return {"requests_per_s_with_metrics": on, "requests_per_s_without": off,
-            "cost_percent": round((off - on) / off * 100, 2), "rounds": rates}
+    return {"cpu_us_per_request_with_metrics": round(cpu_on, 2),
+            "cpu_us_per_request_without": round(cpu_off, 2),
+            "cost_percent": round((cpu_on - cpu_off) / cpu_off * 100, 2),
+            "requests_per_s_with_metrics": on, "requests_per_s_without": off,
+            "throughput_cost_percent": round((off - on) / off * 100, 2),
+            "rounds": {"cpu_us_per_request": cpu, "requests_per_s": rates}}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="benchmarks.management")
     p.add_argument("--quick", action="store_true", help="fewer reloads, shorter loads")
     args = p.parse_args(argv)
-    reloads, duration, rounds = (6, 3, 2) if args.quick else (20, 8, 4)
+    reloads, duration, rounds = (6, 3, 2) if args.quick else (20, 5, 8)
     with tempfile.TemporaryDirectory(prefix="sidecar-mgmt-bench-") as workdir:
         app_port, = free_ports(1)
         app = app_server(Path(workdir) / "app", app_port)
