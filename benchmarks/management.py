@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import proc_stats
+from benchmarks import machine, proc_stats
 from benchmarks.peers import app_server, free_ports, sidecar_command
 from benchmarks.wrk import run_wrk
 
@@ -197,6 +197,8 @@ def main(argv=None):
         app.wait_ready()
         try:
             results = {
+                "machine": machine.describe_machine(),
+                "note": "shared 2-core machine: other work ran during the measurement",
                 "reload_200_routes": bench_reload(workdir, app_port, reloads),
                 "metrics_scrape": bench_scrape(workdir, app_port, duration),
                 "metrics_overhead": bench_overhead(workdir, app_port, rounds, duration),
