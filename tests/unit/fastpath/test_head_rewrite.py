@@ -236,13 +236,35 @@ def test_xff_with_ipv6_client():
     check_request(out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "head_rewrite bug: a client's X-Forwarded-For named in Connection is hop-by-hop and "
-    "removed from the kept fields, but its values are still merged into the "
-    "x-forwarded-for line written for the upstream"))
 def test_xff_named_in_connection_not_forwarded():
     out = rewrite(HOST, b"Connection: X-Forwarded-For", b"X-Forwarded-For: 203.0.113.1")
     assert values(out, b"x-forwarded-for") == [CLIENT_IP]
+
+
+@pytest.mark.parametrize("fields", [
+    (b"X-Forwarded-For: 203.0.113.1", b"Connection: x-forwarded-for"),
+    (b"connection: keep-alive, X-FORWARDED-FOR", b"x-forwarded-for: 203.0.113.1",
+     b"X-Forwarded-For: 198.51.100.2"),
+], ids=["nominated-after", "several-lines"])
+def test_xff_named_in_connection_not_forwarded_whatever_the_order_and_case(fields):
+    out = rewrite(HOST, *fields)
+    assert values(out, b"x-forwarded-for") == [CLIENT_IP]
+    check_request(out)
+    assert b"x-forwarded-for" not in names(rewrite(HOST, *fields, client_ip=None))
+
+
+def test_xff_named_in_connection_removed_from_a_response():
+    upstream = head_bytes(b"HTTP/1.1 200 OK", b"Content-Length: 0", b"X-Forwarded-For: kept",
+                          b"Connection: X-Forwarded-For")
+    out = HR.rewrite_response(parse_response(upstream), FRAME_LENGTH)
+    assert b"x-forwarded-for" not in names(out)
+
+
+def test_host_named_in_connection_kept():
+    # Every HTTP/1.1 request needs its Host: it cannot be one hop's connection option.
+    out = rewrite(HOST, b"Connection: host, x-hop", b"X-Hop: 1")
+    assert values(out, b"host") == [b"example.com"] and b"x-hop" not in names(out)
+    check_request(out)
 
 
 # -- X-Request-Id ---------------------------------------------------------------------------
@@ -291,13 +313,29 @@ def test_request_id_generators_do_not_collide():
     assert {a.new() for _ in range(100)}.isdisjoint({b.new() for _ in range(100)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "head_rewrite bug: an x-request-id named in Connection is dropped as hop-by-hop, but "
-    "the parser still records it as the request id, so none is generated and the "
-    "upstream gets no x-request-id at all (the rule is: kept, or generated)"))
 def test_request_id_present_when_client_marks_it_hop_by_hop():
     out = rewrite(HOST, b"Connection: x-request-id", b"X-Request-Id: abc")
     assert len(values(out, b"x-request-id")) == 1
+
+
+@pytest.mark.parametrize("fields", [
+    (b"Connection: x-request-id", b"X-Request-Id: abc"),
+    (b"X-Request-Id: abc", b"Connection: close, X-REQUEST-ID"),
+    (b"x-request-id: abc", b"Connection: x-request-id", b"X-Request-Id: def"),
+], ids=["nominated-before", "nominated-after", "two-ids"])
+def test_request_id_named_in_connection_replaced_by_a_generated_one(fields):
+    rid = HR.RequestId()
+    head = parse_request(head_bytes(b"GET / HTTP/1.1", HOST, *fields))
+    out = HR.rewrite_request(head, CLIENT_IP, rid)
+    assert values(out, b"x-request-id") == [rid.current]
+    assert UUID4.match(rid.current)
+    check_request(out)
+
+
+def test_only_the_first_of_several_request_ids_forwarded():
+    out = rewrite(HOST, b"X-Request-Id: first", b"x-request-id: second")
+    assert values(out, b"x-request-id") == [b"first"]
+    check_request(out)
 
 
 # -- upgrade --------------------------------------------------------------------------------
