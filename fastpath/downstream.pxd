@@ -67,6 +67,7 @@ cdef class HttpDownstream(ResponseSink):
 
     cdef void _process(self, bytes data, Py_ssize_t offset)
     cdef bint _start_request(self)
+    cdef bytes _destination_authority(self)
     cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2
     cdef void _queue(self, bytes chunk)
     cdef void _flush_upstream(self)

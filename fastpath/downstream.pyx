@@ -27,7 +27,7 @@ from fastpath.parser cimport (
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, reframe_chunked,
 )
 from fastpath.head_rewrite cimport (
-    RequestId, build_request_head, build_response_head,
+    RequestId, build_request_head, build_response_head, host_for,
     FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE,
 )
 from fastpath.upstream cimport (
@@ -36,6 +36,7 @@ from fastpath.upstream cimport (
 from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC
 from fastpath.stats cimport WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP
 from fastpath.tunnel import join_tunnel
+from fastpath.original_destination import original_destination
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -270,6 +271,7 @@ cdef class HttpDownstream(ResponseSink):
         cdef MessageHead req = self.req
         cdef EndpointPool pool
         cdef bytes head
+        cdef bytes authority = None
         self._begin_record(req.method)
         self.response_started = False
         self.request_done = False
@@ -278,11 +280,22 @@ cdef class HttpDownstream(ResponseSink):
         if req.method == M_CONNECT:
             self._local_response(405, "CONNECT is not supported", True)
             return False
+        if req.host_index < 0:
+            # An HTTP/1.0 request without Host (the parser requires it in HTTP/1.1): an
+            # absolute-form target names its authority (and routes by it).
+            authority = host_for(req, None)
         pool = self.ctx.app_pool
         if pool is None:
-            pool = self.ctx.router.pool_for(self.original_dst, req.get(b"host"))
+            pool = self.ctx.router.pool_for(self.original_dst,
+                                            req.get(b"host") if authority is None else authority)
             if pool is None:
                 self._local_response(404, "no route to this destination", req.body_kind != BODY_NONE)
+                return False
+        if req.host_index < 0 and authority is None:
+            # It is forwarded as HTTP/1.1, which needs a Host (see head_rewrite's docstring).
+            authority = self._destination_authority()
+            if authority is None:
+                self._reject(400, b"missing Host header, and no authority known for it")
                 return False
         self.pool = pool
         if self.ctx.request_timeout > 0:
@@ -292,7 +305,7 @@ cdef class HttpDownstream(ResponseSink):
             self.deadline = 0
             self.deadline_kind = DL_NONE
         head = build_request_head(req, self.client_ip if self.ctx.add_xff else None,
-                                  self.ctx.request_id)
+                                  self.ctx.request_id, authority)
         self.retry_head = head if req.body_kind == BODY_NONE else None
         self.to_upstream.append(head)
         self.to_upstream_bytes = PyBytes_GET_SIZE(head)
@@ -307,6 +320,23 @@ cdef class HttpDownstream(ResponseSink):
             self.request_done = True
         pool.acquire(self)
         return True
+
+    cdef bytes _destination_authority(self):
+        """The address the client connected to, as a Host value ("10.1.2.3:8080",
+        "[fd00::1]:80"), or None when unknown: what RFC 9112 3.3 makes the authority of
+        a request without Host. Outbound, only a redirected connection has one (a client
+        that dialled the listener itself named no destination); inbound, the accepted
+        socket's own address is the destination when nothing redirected it."""
+        dst = self.original_dst
+        if dst is None and self.ctx.direction_index == DIR_INBOUND:
+            dst = (original_destination(self.transport.get_extra_info("socket"))
+                   or self.transport.get_extra_info("sockname"))
+        if dst is None:
+            return None
+        host = dst[0]
+        if ":" in host:
+            return ("[%s]:%d" % (host, dst[1])).encode()
+        return ("%s:%d" % (host, dst[1])).encode()
 
     cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
@@ -566,7 +596,7 @@ cdef class HttpDownstream(ResponseSink):
         cdef bint parsed = req.buf != NULL and req.end > req.start
         request_id = None
         if parsed and req.request_id_index >= 0:
-            request_id = req.get(b"x-request-id")
+            request_id = req.field_value(req.request_id_index)
         elif pool is not None:
             request_id = self.ctx.request_id.text[:36]     # generated for this request
         return (self.ctx.direction, self.rec.start, now,

@@ -7,7 +7,16 @@ framing is written anew from what the parser decided (one `content-length`, or
 `transfer-encoding: chunked` for a body we re-frame), never copied, so no ambiguity the
 client sent can reach the app; `x-forwarded-for` gets the client address appended;
 `x-request-id` is kept, or generated. An upgrade keeps `upgrade` and says
-`connection: upgrade`.
+`connection: upgrade`. A field the client names in Connection is hop-by-hop whatever its
+name: a nominated `x-forwarded-for` is not merged into ours, a nominated `x-request-id`
+is replaced by a generated one (the upstream always gets exactly one); only Host stays.
+
+An HTTP/1.0 request may come without Host; HTTP/1.1 requires one (RFC 9112 3.2), so the
+forwarded request gets `host:` with the authority of an absolute-form target, or else the
+authority the caller knows (see `host_for`). Like Envoy, which answers 400 to a Host-less
+HTTP/1.0 request unless `default_host_for_http_10` is set, the downstream refuses such a
+request with 400 when it knows no authority; where Envoy takes a configured name, it takes
+the address the client connected to (RFC 9112 3.3's choice when no name is configured).
 
 Responses: the same removal, the framing the proxy chose, and `connection: close` when the
 proxy closes the client connection after this response.
@@ -120,13 +129,49 @@ cdef inline char* _put_xff_values(char* w, MessageHead h):
     return w
 
 
-cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id):
-    """The head to send upstream for the request `h` (see the module rules)."""
+cdef inline bint _is_scheme_char(char c):
+    return (b'a' <= c <= b'z') or (b'A' <= c <= b'Z') or (b'0' <= c <= b'9') or c == b'+' \
+        or c == b'-' or c == b'.'
+
+
+cdef bytes host_for(MessageHead h, bytes destination):
+    """The Host value for request `h`, which has none: the authority of its absolute-form
+    target ("http://user@example.com:8080/x" gives "example.com:8080", RFC 9112 3.2.2),
+    else `destination` (the address the client connected to, or None when unknown).
+    Called only for the rare request without Host, never on the common path."""
+    cdef const char* b = h.buf
+    cdef Py_ssize_t s = h.target_start
+    cdef Py_ssize_t e = h.target_end
+    cdef Py_ssize_t i = s
+    cdef Py_ssize_t host_start, end
+    # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then "://" and the authority
+    if i < e and ((b'a' <= b[i] <= b'z') or (b'A' <= b[i] <= b'Z')):
+        while i < e and _is_scheme_char(b[i]):
+            i += 1
+        if e - i >= 3 and b[i] == b':' and b[i + 1] == b'/' and b[i + 2] == b'/':
+            host_start = i + 3
+            end = host_start
+            while end < e and b[end] != b'/' and b[end] != b'?' and b[end] != b'#':
+                if b[end] == b'@':
+                    host_start = end + 1       # userinfo is never part of Host
+                end += 1
+            if end > host_start:
+                return b[host_start:end]
+    return destination
+
+
+cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id,
+                              bytes authority):
+    """The head to send upstream for the request `h` (see the module rules). `authority`
+    is the Host value for a request without Host (`host_for`; None writes an empty one,
+    as RFC 9112 3.2 says a client with no authority does); ignored when `h` has Host."""
     cdef char length_text[32]
     cdef int length_len = 0
     cdef Py_ssize_t total
     cdef Py_ssize_t ip_len = PyBytes_GET_SIZE(client_ip) if client_ip is not None else 0
     cdef bint add_id = h.request_id_index < 0
+    cdef bint add_host = h.host_index < 0
+    cdef Py_ssize_t host_len = 0
     cdef bytes out
     cdef char* w
 
@@ -134,6 +179,9 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
         length_len = snprintf(length_text, 32, b"content-length: %lld\r\n", h.content_length)
     total = (h.method_end - h.start) + 1 + (h.target_end - h.target_start) + 11
     total += _kept_fields_size(h) + 2
+    if add_host:
+        host_len = PyBytes_GET_SIZE(authority) if authority is not None else 0
+        total += 6 + host_len + 2
     if h.upgrade:
         total += 21 + _fields_of_kind_size(h, HDR_UPGRADE)
     if h.body_kind == BODY_CHUNKED:
@@ -150,6 +198,11 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
     w = _put(w, h.buf + h.start, h.method_end - h.start + 1)
     w = _put(w, h.buf + h.target_start, h.target_end - h.target_start)
     w = _put(w, b" HTTP/1.1\r\n", 11)
+    if add_host:
+        w = _put(w, b"host: ", 6)
+        if host_len:
+            w = _put(w, PyBytes_AS_STRING(authority), host_len)
+        w = _put(w, b"\r\n", 2)
     w = _put_kept_fields(w, h)
     if h.upgrade:
         w = _put(w, b"connection: upgrade\r\n", 21)
@@ -215,9 +268,17 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
     return out
 
 
-def rewrite_request(MessageHead h, bytes client_ip=None, RequestId request_id=None):
-    """Python entry for tests: the forwarded head of request `h`."""
-    return build_request_head(h, client_ip, request_id or RequestId())
+def rewrite_request(MessageHead h, bytes client_ip=None, RequestId request_id=None,
+                    bytes destination=None):
+    """Python entry for tests: the forwarded head of request `h`; `destination` is the
+    authority the proxy knows for a request without Host (see `host_for`)."""
+    return build_request_head(h, client_ip, request_id or RequestId(),
+                              host_for(h, destination) if h.host_index < 0 else None)
+
+
+def host_for_request(MessageHead h, bytes destination=None):
+    """Python entry for tests: `host_for`."""
+    return host_for(h, destination)
 
 
 def rewrite_response(MessageHead h, int framing, bint close=False, bint keep_alive_header=False):

@@ -77,7 +77,6 @@ cdef class MessageHead:
     cdef readonly bint expect_continue
     cdef int host_index
     cdef int request_id_index
-    cdef bint has_xff
     # error (parse returned -1)
     cdef readonly int error_status
     cdef const char* error_reason
@@ -93,7 +92,9 @@ cdef class HeadParser:
     cdef bint is_request
     cdef Py_ssize_t scan_pos         # resume point of the end-of-head search
     cdef Py_ssize_t line_start_pos
-    cdef int lines
+    cdef Py_ssize_t head_start       # where the start line begins (after empty lines)
+    cdef int lines                   # complete lines of the head so far
+    cdef int skipped_empty           # empty lines skipped before the request line
     cdef bytearray pending           # partial head carried between feeds
 
     cdef Py_ssize_t feed(self, MessageHead head, bytes data, Py_ssize_t offset, int request_method) except -2

@@ -13,11 +13,20 @@ Rules, all enforced before a single byte of a request is forwarded:
 - Framing: Content-Length is digits only; duplicates must agree ("42, 42" is 42).
   Transfer-Encoding with Content-Length, in HTTP/1.0, with a final coding other than
   chunked, or with chunked twice is an error (400); codings besides chunked give 501.
+  Each list element must be a transfer-coding (a token, parameters only after ";"):
+  "chunked x" or "chunked/1" is an error, not chunked. Empty elements are ignored.
   HTTP/1.1 requests carry exactly one Host.
-- Limits: a request line longer than ``max_request_line`` gives 414; a head longer than
-  ``max_header_bytes`` or with more than ``max_headers`` fields gives 431.
-- Responses are parsed the same way; any error there is the caller's 502. Their body
+- Connection: the fields it names are hop-by-hop (dropped), except Host.
+- Limits: a request line longer than ``max_request_line`` gives 414; a head (start line
+  to final empty line, leading empty lines not counted) longer than ``max_header_bytes``
+  or with more than ``max_headers`` fields gives 431.
+- Responses are parsed the same way; any error there is the caller's 502, and so is an
+  HTTP/1.0 response with Transfer-Encoding (RFC 9112 6.1: faulty framing). Their body
   length follows RFC 9112 section 6.3 (no body for HEAD, 1xx, 204, 304).
+- Chunked bodies (`ChunkedDecoder`): hex sizes, then only whitespace and ";" extensions
+  up to the CRLF; trailer lines are field lines (name, ":", value).
+
+The verdict on a message never depends on how it is split into reads.
 
 A parsed head keeps offsets into one bytes object (``MessageHead.raw``): no Python object
 is created per field. Errors are reported as a status plus a static reason string, without
@@ -158,7 +167,6 @@ cdef class MessageHead:
         self.expect_continue = False
         self.host_index = -1
         self.request_id_index = -1
-        self.has_xff = False
         self.error_status = 0
         self.error_reason = NULL
 
@@ -310,6 +318,40 @@ cdef inline bint _token_eq(const char* b, Py_ssize_t s, Py_ssize_t e, const char
     return e - s == n and strncasecmp(b + s, lower, <size_t>n) == 0
 
 
+cdef int _transfer_coding(const char* b, Py_ssize_t s, Py_ssize_t e) noexcept:
+    """One element [s, e) of Transfer-Encoding, OWS trimmed: 1 for "chunked", 0 for another
+    coding, -1 when it is not a transfer-coding (RFC 9112 section 7: a token, then only
+    parameters after OWS ";"). Chunked takes no parameters, so "chunked;x=1" is another
+    coding, which is never decoded."""
+    cdef Py_ssize_t t = s
+    while t < e and IS_TCHAR[<unsigned char>b[t]]:
+        t += 1
+    if t == s:
+        return -1
+    if t == e:
+        return _token_eq(b, s, t, b"chunked", 7)
+    while t < e and (b[t] == b' ' or b[t] == b'\t'):
+        t += 1
+    if b[t] != b';':
+        return -1
+    return 0
+
+
+cdef void _drop_nominated(MessageHead h, const char* name, Py_ssize_t n) noexcept:
+    """Marks the fields called `name` hop-by-hop: a field named in Connection is not
+    forwarded (RFC 9110 7.6.1). Host is kept (every HTTP/1.1 request needs it, so it
+    cannot be one hop's option), and a nominated X-Forwarded-For or X-Request-Id stops
+    being one: its values are not merged into ours, nor taken as the request's id."""
+    cdef int j
+    cdef Field* g
+    for j in range(h.nfields):
+        g = &h.fields[j]
+        if g.kind != HDR_HOST and _token_eq(h.buf, g.line_start, g.name_end, name, n):
+            g.drop = True
+            if g.kind == HDR_X_FORWARDED_FOR or g.kind == HDR_X_REQUEST_ID:
+                g.kind = HDR_OTHER
+
+
 cdef Py_ssize_t _parse_content_length(MessageHead h, const char* b, Field* f, bint is_request):
     """Parses "N" or "N, N, ..." (all equal) into h.content_length; -1 on error."""
     cdef Py_ssize_t i = f.value_start
@@ -345,14 +387,13 @@ cdef Py_ssize_t _parse_content_length(MessageHead h, const char* b, Field* f, bi
 cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method):
     """Applies the connection and framing rules once all fields are parsed."""
     cdef const char* b = h.buf
-    cdef int i, j
+    cdef int i
     cdef Field* f
-    cdef Field* g
     cdef Py_ssize_t s, e, t
     cdef bint conn_close = False, conn_keep_alive = False, conn_upgrade = False
     cdef bint has_upgrade_field = False, has_te = False, has_cl = False
     cdef int codings = 0, chunked_codings = 0, hosts = 0
-    cdef bint last_chunked = False
+    cdef int last_chunked = 0
     cdef int bad = 400 if is_request else 502
 
     for i in range(h.nfields):
@@ -370,15 +411,17 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
                 e = s
                 while e < f.value_end and b[e] != b',':
                     e += 1
-                t = s
-                while t < e and (b[t] == b' ' or b[t] == b'\t'):
-                    t += 1
-                s = t
-                while t < e and IS_TCHAR[<unsigned char>b[t]]:
-                    t += 1
+                # One list element [s, e): OWS transfer-coding OWS, or empty (ignored).
+                t = e
+                while s < t and (b[s] == b' ' or b[s] == b'\t'):
+                    s += 1
+                while t > s and (b[t - 1] == b' ' or b[t - 1] == b'\t'):
+                    t -= 1
                 if t > s:
                     codings += 1
-                    last_chunked = _token_eq(b, s, t, b"chunked", 7)
+                    last_chunked = _transfer_coding(b, s, t)
+                    if last_chunked < 0:
+                        return _fail(h, bad, "malformed Transfer-Encoding")
                     if last_chunked:
                         chunked_codings += 1
                 s = e + 1
@@ -400,11 +443,7 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
                 elif _token_eq(b, s, t, b"upgrade", 7):
                     conn_upgrade = True
                 elif t > s:
-                    # A field named in Connection is hop-by-hop too (RFC 9110 7.6.1).
-                    for j in range(h.nfields):
-                        g = &h.fields[j]
-                        if _token_eq(b, g.line_start, g.name_end, b + s, t - s):
-                            g.drop = True
+                    _drop_nominated(h, b + s, t - s)
                 s = e + 1
         elif f.kind == HDR_HOST:
             hosts += 1
@@ -417,13 +456,15 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
         elif f.kind == HDR_X_REQUEST_ID:
             if h.request_id_index < 0:
                 h.request_id_index = i
-        elif f.kind == HDR_X_FORWARDED_FOR:
-            h.has_xff = True
+            elif is_request:
+                f.drop = True              # one request id is forwarded: the first
         # Hop-by-hop fields are never forwarded; framing fields are written anew.
         if f.kind != HDR_HOST and f.kind != HDR_EXPECT and f.kind != HDR_X_REQUEST_ID:
             if f.kind != HDR_X_FORWARDED_FOR or is_request:
                 f.drop = True
 
+    if h.request_id_index >= 0 and h.fields[h.request_id_index].kind != HDR_X_REQUEST_ID:
+        h.request_id_index = -1            # named in Connection: hop-by-hop, not an id
     if h.version == 11:
         h.keep_alive = not conn_close
     else:
@@ -452,6 +493,9 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
         return 0
 
     # Responses (RFC 9112 section 6.3).
+    if has_te and h.version == 10:
+        # RFC 9112 6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty.
+        return _fail(h, 502, "Transfer-Encoding in an HTTP/1.0 response")
     if h.status < 200 or h.status == 204 or h.status == 304 or request_method == M_HEAD:
         h.body_kind = BODY_NONE
         # The length a HEAD or 304 announces is forwarded as it came.
@@ -518,7 +562,9 @@ cdef class HeadParser:
     cdef void reset(self):
         self.scan_pos = 0
         self.line_start_pos = 0
+        self.head_start = 0
         self.lines = 0
+        self.skipped_empty = 0
         if PyByteArray_GET_SIZE(self.pending):
             del self.pending[:]
 
@@ -529,13 +575,20 @@ cdef class HeadParser:
         Returns the offset in `data` one past the head when one is complete and parsed
         into `head`; 0 when more bytes are needed (they are kept); -1 on a protocol error
         (`head.error_status`, `head.error_reason`).
+
+        Positions (scan_pos, line_start_pos, head_start) count from the first byte kept,
+        so they stay valid from one feed to the next. The verdict does not depend on how
+        the head is split into reads: the limits are measured on the head alone (leading
+        empty lines excluded), a request line's CR is not counted while its LF is still
+        to come, and the empty lines skipped are counted across reads.
         """
         cdef const char* base
-        cdef Py_ssize_t n, p, i, line_len, kept, head_start
+        cdef Py_ssize_t n, p, i, line_len, kept
         cdef const char* lf
         cdef bint from_pending = PyByteArray_GET_SIZE(self.pending) > 0
         cdef Limits lim = self.limits
-        cdef int skipped_empty = 0
+        cdef int too_long = 414 if self.is_request else 502
+        cdef int too_large = 431 if self.is_request else 502
 
         kept = PyByteArray_GET_SIZE(self.pending)
         if from_pending:
@@ -545,19 +598,22 @@ cdef class HeadParser:
         else:
             base = PyBytes_AS_STRING(data) + offset
             n = PyBytes_GET_SIZE(data) - offset
-        head_start = 0
-        if self.lines == 0:
-            head_start = self.line_start_pos
         p = self.scan_pos
         while True:
             lf = <const char*>memchr(base + p, b'\n', n - p)
             if lf == NULL:
-                if self.lines == 0 and n - self.line_start_pos > lim.max_request_line:
+                if self.lines == 0:
+                    # The start line so far; a CR at the end may be its own, whose LF
+                    # is still to come.
+                    line_len = n - self.line_start_pos
+                    if line_len > 0 and base[n - 1] == b'\r':
+                        line_len -= 1
+                    if line_len > lim.max_request_line:
+                        head.reset()
+                        return _fail(head, too_long, "request line too long")
+                if n - self.head_start > lim.max_header_bytes:
                     head.reset()
-                    return _fail(head, 414 if self.is_request else 502, "request line too long")
-                if n > lim.max_header_bytes:
-                    head.reset()
-                    return _fail(head, 431 if self.is_request else 502, "request header too large")
+                    return _fail(head, too_large, "request header too large")
                 self.scan_pos = n
                 if not from_pending:
                     self.pending += data[offset:] if offset else data
@@ -570,38 +626,41 @@ cdef class HeadParser:
             if self.lines == 0:
                 if line_len == 0 and self.is_request:
                     # Empty lines before a request line are tolerated (RFC 9112 2.2).
-                    skipped_empty += 1
-                    if skipped_empty > MAX_LEADING_EMPTY_LINES:
+                    self.skipped_empty += 1
+                    if self.skipped_empty > MAX_LEADING_EMPTY_LINES:
                         head.reset()
                         return _fail(head, 400, "empty lines before request line")
                     self.line_start_pos = i + 1
+                    self.head_start = i + 1
                     p = i + 1
                     continue
                 if line_len > lim.max_request_line:
                     head.reset()
-                    return _fail(head, 414 if self.is_request else 502, "request line too long")
-                head_start = self.line_start_pos
+                    return _fail(head, too_long, "request line too long")
             elif line_len == 0:
                 break
             self.lines += 1
             self.line_start_pos = i + 1
             p = i + 1
-            if i + 1 > lim.max_header_bytes:
+            if i + 1 - self.head_start > lim.max_header_bytes:
                 head.reset()
-                return _fail(head, 431 if self.is_request else 502, "request header too large")
+                return _fail(head, too_large, "request header too large")
             if self.lines > lim.max_headers + 1:
                 head.reset()
-                return _fail(head, 431 if self.is_request else 502, "too many header fields")
+                return _fail(head, too_large, "too many header fields")
 
-        # A complete head: [head_start, i + 1) of base.
+        # A complete head: [head_start, i + 1) of base, the final empty line included.
+        if i + 1 - self.head_start > lim.max_header_bytes:
+            head.reset()
+            return _fail(head, too_large, "request header too large")
         head.reset()
         if from_pending:
-            head.raw = PyBytes_FromStringAndSize(base + head_start, i + 1 - head_start)
+            head.raw = PyBytes_FromStringAndSize(base + self.head_start, i + 1 - self.head_start)
             head.start = 0
-            head.end = i + 1 - head_start
+            head.end = i + 1 - self.head_start
         else:
             head.raw = data
-            head.start = offset + head_start
+            head.start = offset + self.head_start
             head.end = offset + i + 1
         head.buf = PyBytes_AS_STRING(head.raw)
         self.reset()
@@ -619,13 +678,15 @@ cdef class HeadParser:
 
 cdef enum ChunkState:
     CS_SIZE = 0          # hex digits of the chunk size
-    CS_EXT               # after the size: BWS, ";ext" up to CR
+    CS_SIZE_BWS          # whitespace after the size: only ";" or CR may follow
+    CS_EXT               # a chunk extension, from its ";" up to CR
     CS_SIZE_LF           # got CR after the size line
     CS_DATA
     CS_DATA_CR
     CS_DATA_LF
     CS_TRAILER_START     # at the start of a trailer line (or the final CRLF)
-    CS_TRAILER           # inside a trailer line
+    CS_TRAILER_NAME      # in a trailer field's name, up to its ":"
+    CS_TRAILER           # in a trailer field's value
     CS_TRAILER_LF
     CS_END_LF            # got the final CR
     CS_DONE
@@ -703,10 +764,24 @@ cdef class ChunkedDecoder:
                     return self._error("malformed chunk size")
                 elif c == b'\r':
                     self.state = CS_SIZE_LF
-                elif c == b';' or c == b' ' or c == b'\t':
+                elif c == b';':
                     self.state = CS_EXT
+                elif c == b' ' or c == b'\t':
+                    self.state = CS_SIZE_BWS
                 else:
                     return self._error("malformed chunk size")
+            elif self.state == CS_SIZE_BWS:
+                # RFC 9112 7.1.1: chunk-size [ BWS ";" chunk-ext ] CRLF. Whitespace before
+                # the CRLF is tolerated too; anything else ("5 6") is not a chunk size.
+                self.line_bytes += 1
+                if self.line_bytes > MAX_CHUNK_LINE:
+                    return self._error("chunk size line too long")
+                if c == b'\r':
+                    self.state = CS_SIZE_LF
+                elif c == b';':
+                    self.state = CS_EXT
+                elif c != b' ' and c != b'\t':
+                    return self._error("invalid character after chunk size")
             elif self.state == CS_EXT:
                 self.line_bytes += 1
                 if self.line_bytes > MAX_CHUNK_LINE:
@@ -737,15 +812,25 @@ cdef class ChunkedDecoder:
                 elif not IS_TCHAR[c]:
                     return self._error("invalid trailer field")
                 else:
-                    self.state = CS_TRAILER
+                    self.state = CS_TRAILER_NAME
                     self.trailer_bytes += 1
+            elif self.state == CS_TRAILER_NAME:
+                # A trailer line is a field line (RFC 9112 7.1.2, section 5): a token
+                # directly followed by ":".
+                self.trailer_bytes += 1
+                if self.trailer_bytes > MAX_TRAILER_BYTES:
+                    return self._error("trailer section too large")
+                if c == b':':
+                    self.state = CS_TRAILER
+                elif not IS_TCHAR[c]:
+                    return self._error("invalid trailer field")
             elif self.state == CS_TRAILER:
                 self.trailer_bytes += 1
                 if self.trailer_bytes > MAX_TRAILER_BYTES:
                     return self._error("trailer section too large")
                 if c == b'\r':
                     self.state = CS_TRAILER_LF
-                elif not IS_VALUE_CHAR[c] and c != b':':
+                elif not IS_VALUE_CHAR[c]:
                     return self._error("invalid character in trailer")
             elif self.state == CS_TRAILER_LF:
                 if c != b'\n':

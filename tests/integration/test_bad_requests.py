@@ -140,6 +140,9 @@ BAD_REQUESTS = [
     ("te_chunked_twice", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
     ("te_in_http10", b"POST / HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     ("te_gzip_then_chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    ("te_junk_after_chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked x\r\n\r\n0\r\n\r\n", 400),
+    ("te_chunked_slash", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked/1\r\n\r\n0\r\n\r\n", 400),
+    ("te_chunked_parameter", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n", 400),
     # chunked body framing
     ("chunk_size_not_hex", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
     ("chunk_size_0x_prefix", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", 400),
@@ -151,6 +154,9 @@ BAD_REQUESTS = [
     ("last_chunk_bad_ending", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\rX", 400),
     ("trailer_obs_fold", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n folded\r\n\r\n", 400),
     ("trailer_nul", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: a\x00b\r\n\r\n", 400),
+    ("chunk_size_then_junk", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5 6\r\nhello\r\n0\r\n\r\n", 400),
+    ("trailer_without_colon", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\nNoColon\r\n\r\n", 400),
+    ("trailer_space_before_colon", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX-T : v\r\n\r\n", 400),
     # line structure
     ("obs_fold", b"GET / HTTP/1.1\r\n" + H + b"X-Folded: a\r\n  continued\r\n\r\n", 400),
     ("obs_fold_tab", b"GET / HTTP/1.1\r\n" + H + b"X-Folded: a\r\n\tcontinued\r\n\r\n", 400),
@@ -232,6 +238,31 @@ def test_four_empty_lines_before_request_line_are_tolerated(sidecar, recorder):
         c.send(b"\r\n" * 4 + b"GET /after-empty-lines HTTP/1.1\r\nHost: app.local\r\n\r\n")
         assert c.read_response()[0] == 200
     assert recorder.since(mark).startswith(b"GET /after-empty-lines HTTP/1.1\r\n")
+
+
+def send_in_reads(c, pieces):
+    """Sends each piece on its own, with a pause between, so the sidecar reads them apart."""
+    for piece in pieces:
+        c.send(piece)
+        time.sleep(0.05)
+
+
+def test_empty_lines_before_request_line_in_separate_reads_are_tolerated(sidecar, recorder):
+    mark = recorder.mark()
+    with RawClient(sidecar.inbound) as c:
+        send_in_reads(c, [b"\r\n", b"\r\n\r", b"\nGET /after-reads HTTP/1.1\r\n",
+                          b"Host: app.local\r\n", b"\r\n"])
+        assert c.read_response()[0] == 200
+    assert recorder.since(mark).startswith(b"GET /after-reads HTTP/1.1\r\n")
+
+
+def test_five_empty_lines_in_separate_reads_are_rejected(sidecar, recorder):
+    mark = recorder.mark()
+    with RawClient(sidecar.inbound) as c:
+        send_in_reads(c, [b"\r\n"] * 5)
+        c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert_rejected(c, 400)
+    assert_nothing_reached_app(sidecar, recorder, mark)
 
 
 # --- pipelining ------------------------------------------------------------------------------
@@ -334,6 +365,16 @@ def test_request_line_at_limit_is_accepted(sidecar, recorder):
     assert recorder.since(mark).startswith(line + b"\r\n")
 
 
+def test_request_line_at_limit_is_accepted_when_its_cr_and_lf_arrive_apart(sidecar, recorder):
+    line = b"GET /" + b"b" * (MAX_REQUEST_LINE - 14) + b" HTTP/1.1"
+    assert len(line) == MAX_REQUEST_LINE
+    mark = recorder.mark()
+    with RawClient(sidecar.inbound) as c:
+        send_in_reads(c, [line + b"\r", b"\nHost: app.local\r\n\r\n"])
+        assert c.read_response()[0] == 200
+    assert recorder.since(mark).startswith(line + b"\r\n")
+
+
 def test_request_line_over_limit_gets_414(sidecar, recorder):
     mark = recorder.mark()
     with RawClient(sidecar.inbound) as c:
@@ -360,6 +401,30 @@ def test_header_bytes_over_limit_get_431(sidecar, recorder):
     assert len(request) > MAX_HEADER_BYTES
     with RawClient(sidecar.inbound) as c:
         c.send(request)
+        assert_rejected(c, 431)
+    assert_nothing_reached_app(sidecar, recorder, mark)
+
+
+def _head_of(size, path=b"/"):
+    base = b"GET " + path + b" HTTP/1.1\r\n" + H + b"X-Pad: \r\n\r\n"
+    return base[:-4] + b"p" * (size - len(base)) + b"\r\n\r\n"
+
+
+def test_head_of_exactly_max_header_bytes_is_accepted(sidecar, recorder):
+    request = _head_of(MAX_HEADER_BYTES, b"/at-limit")
+    assert len(request) == MAX_HEADER_BYTES
+    mark = recorder.mark()
+    with RawClient(sidecar.inbound) as c:
+        c.send(request)
+        assert c.read_response()[0] == 200
+    assert recorder.since(mark).startswith(b"GET /at-limit HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("over", [1, 2])
+def test_head_over_max_header_bytes_by_its_final_empty_line_gets_431(sidecar, recorder, over):
+    mark = recorder.mark()
+    with RawClient(sidecar.inbound) as c:
+        c.send(_head_of(MAX_HEADER_BYTES + over))
         assert_rejected(c, 431)
     assert_nothing_reached_app(sidecar, recorder, mark)
 

@@ -286,6 +286,25 @@ def test_http10_client_with_keep_alive_stays_open(sc):
         assert not c.is_closed(timeout=0.3)
 
 
+def test_http10_request_without_host_reaches_the_app_with_the_address_it_was_sent_to(sc):
+    """Forwarded as HTTP/1.1, which needs a Host: the authority is the address the client
+    connected to (RFC 9112 3.3), here the inbound listener's."""
+    with RawClient(sc.inbound) as c:
+        seen = app_view(c, version="HTTP/1.0")
+    assert seen["version"] == "HTTP/1.1"
+    assert values(seen["headers"], "host") == ["%s:%d" % sc.inbound]
+
+
+def test_http10_absolute_form_request_without_host_gets_the_target_authority_as_host():
+    with scripted(serve_requests(lambda req: http_response(200, b"ok"))) as (up, sc), \
+            RawClient(sc.inbound) as c:
+        c.send(b"GET http://user@legacy.example:8080/page?q=1 HTTP/1.0\r\n\r\n")
+        assert c.read_response()[::2] == (200, b"ok")
+    (req,) = up.seen
+    assert req["line"] == b"GET http://user@legacy.example:8080/page?q=1 HTTP/1.1"
+    assert values(req["fields"], "host") == ["legacy.example:8080"]
+
+
 # -- pipelining -----------------------------------------------------------------------------
 
 def test_ten_pipelined_requests_in_one_write_are_answered_in_order(sc):
@@ -547,6 +566,27 @@ def test_x_request_id_is_generated_as_unique_uuid4_when_absent(sc):
                 assert len(got) == 1 and UUID4.match(got[0]), got
                 ids.append(got[0])
     assert len(set(ids)) == 20
+
+
+def test_x_forwarded_for_named_in_connection_is_replaced_by_the_client_address(sc):
+    with RawClient(sc.inbound) as c:
+        seen = app_view(c, headers=[("Connection", "X-Forwarded-For"),
+                                    ("X-Forwarded-For", "203.0.113.66")])
+    assert values(seen["headers"], "x-forwarded-for") == ["127.0.0.1"]
+
+
+def test_x_request_id_named_in_connection_is_replaced_by_a_generated_one(sc):
+    with RawClient(sc.inbound) as c:
+        seen = app_view(c, headers=[("X-Request-Id", "client-id"),
+                                    ("Connection", "x-request-id")])
+    got = values(seen["headers"], "x-request-id")
+    assert len(got) == 1 and UUID4.match(got[0]), got
+
+
+def test_host_named_in_connection_still_reaches_the_app(sc):
+    with RawClient(sc.inbound) as c:
+        seen = app_view(c, headers=[("Connection", "host")])
+    assert values(seen["headers"], "host") == ["app.test"]
 
 
 # -- request framing written anew -----------------------------------------------------------

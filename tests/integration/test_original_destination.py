@@ -145,6 +145,35 @@ def test_http_reaches_original_destination_through_sidecar_ipv6(pods, sidecar_v6
     assert result["body"]["peer"][1] != result["local"][1]
 
 
+HTTP10_WITHOUT_HOST = r"""
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"GET /legacy HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, _, body = data.partition(b"\r\n\r\n")
+print(json.dumps({"status": int(head.split(b" ")[1]), "body": json.loads(body)}))
+"""
+
+
+def test_http10_request_without_host_gets_the_original_destination_as_host(pods):
+    """Forwarded as HTTP/1.1, which needs a Host: the authority is where the app connected."""
+    result = run_app_python(pods["client"], HTTP10_WITHOUT_HOST, SERVER_V4, HTTP_PORT)
+    assert result["status"] == 200
+    assert result["body"]["request"] == "GET /legacy HTTP/1.1"
+    assert _headers(result)["host"] == "%s:%d" % (SERVER_V4, HTTP_PORT)
+
+
+def test_http10_request_without_host_over_ipv6_gets_a_bracketed_host(pods, sidecar_v6):
+    result = run_app_python(pods["client"], HTTP10_WITHOUT_HOST, SERVER_V6, HTTP_PORT, timeout=10)
+    assert result["status"] == 200
+    assert _headers(result)["host"] == "[%s]:%d" % (SERVER_V6, HTTP_PORT)
+
+
 @pytest.mark.parametrize("server_host", [SERVER_V4, SERVER_V6], ids=["ipv4", "ipv6"])
 def test_excluded_port_goes_direct(pods, server_host):
     """The interception rules' exclusion: no sidecar on the path, the app's own socket

@@ -96,6 +96,11 @@ def test_whitespace_after_size_tolerated():
     assert_decodes(b"5 \r\nhello\r\n0\t\r\n\r\n", b"hello")
 
 
+@pytest.mark.parametrize("size_line", [b"5  \t", b"5 \t ;a=b", b"5\t\t;a"])
+def test_whitespace_after_size_before_extension_or_line_end_tolerated(size_line):
+    assert_decodes(size_line + b"\r\nhello\r\n0\r\n\r\n", b"hello")
+
+
 def test_long_extension_within_limit_accepted():
     assert_decodes(b"5;" + b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n", b"hello")
 
@@ -213,22 +218,35 @@ def test_too_large_trailer_section_rejected():
     assert_fails(b"0\r\n" + b"X-T: " + b"t" * 9000 + b"\r\n\r\n", "too large")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: after the chunk size, SP or HTAB moves the decoder to the extension state, "
-    "which takes any field-value bytes, so '5 6' is read as size 5 with junk; RFC 9112 "
-    "7.1.1 allows only BWS before ';' there"))
 @pytest.mark.parametrize("size_line", [b"5 6", b"5 x", b"5\tz=1"])
 def test_junk_after_chunk_size_rejected(size_line):
     assert_fails(size_line + b"\r\nhello\r\n0\r\n\r\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: trailer lines are checked for a token start and field-value bytes only, "
-    "so a line without ':' or with whitespace before ':' is accepted; RFC 9112 7.1.2 "
-    "trailer lines are field lines (section 5)"))
+@pytest.mark.parametrize("body", [b"5\r\nhello\r\n0 x\r\n\r\n", b"5 \x80\r\nhello\r\n0\r\n\r\n",
+                                  b"5 =\r\nhello\r\n0\r\n\r\n"],
+                         ids=["last-chunk", "obs-text", "equals"])
+def test_junk_after_whitespace_after_chunk_size_rejected(body):
+    assert_fails(body, "after chunk size")
+
+
+def test_too_long_whitespace_after_chunk_size_rejected():
+    assert_fails(b"5" + b" " * 5000 + b"\r\nhello\r\n0\r\n\r\n", "too long")
+
+
 @pytest.mark.parametrize("line", [b"NoColon", b"X : y", b"X\t: y"])
 def test_malformed_trailer_field_line_rejected(line):
     assert_fails(b"0\r\n" + line + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("line", [b"X\x80: y", b"X(: y", b"X-T\r"])
+def test_trailer_field_name_with_a_non_token_byte_rejected(line):
+    assert_fails(b"0\r\n" + line + b"\r\n\r\n", "trailer")
+
+
+@pytest.mark.parametrize("line", [b"X:y", b"X-Empty:", b"X: a:b:c", b"x-t: \x80\xff"])
+def test_well_formed_trailer_field_lines_accepted(line):
+    assert_decodes(b"5\r\nhello\r\n0\r\n" + line + b"\r\n\r\n", b"hello")
 
 
 # -- where decoding stops -------------------------------------------------------------------

@@ -42,8 +42,10 @@ def parse_response(data, request_method=P.GET):
     return head
 
 
-def rewrite(*fields, start=b"GET / HTTP/1.1", client_ip=CLIENT_IP, request_id=None):
-    return HR.rewrite_request(parse_request(head_bytes(start, *fields)), client_ip, request_id)
+def rewrite(*fields, start=b"GET / HTTP/1.1", client_ip=CLIENT_IP, request_id=None,
+            destination=None):
+    return HR.rewrite_request(parse_request(head_bytes(start, *fields)), client_ip, request_id,
+                              destination)
 
 
 def field_lines(out):
@@ -111,11 +113,51 @@ def test_http10_request_sent_as_http11():
     assert ours.get("host") == b"example.com"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "head_rewrite bug: an HTTP/1.0 request without Host (valid) is re-sent as HTTP/1.1 "
-    "with no Host field, which RFC 9112 3.2 forbids; our parser and h11 reject it"))
 def test_http10_request_without_host_rewritten_to_a_valid_http11_request():
     check_request(rewrite(start=b"GET /old HTTP/1.0"))
+
+
+def test_http10_request_without_host_gets_the_destination_as_host():
+    out = rewrite(b"Accept: */*", start=b"GET /old HTTP/1.0", destination=b"10.1.2.3:8080")
+    # Host first, as RFC 9110 7.2 recommends, then the client's fields in order.
+    assert out.split(b"\r\n")[:3] == [b"GET /old HTTP/1.1", b"host: 10.1.2.3:8080", b"Accept: */*"]
+    ours, _ = check_request(out)
+    assert ours.get("host") == b"10.1.2.3:8080"
+
+
+def test_http10_request_without_host_or_destination_gets_an_empty_host():
+    # RFC 9112 3.2: a client that knows no authority sends Host with an empty value.
+    out = rewrite(start=b"GET /old HTTP/1.0")
+    assert values(out, b"host") == [b""]
+
+
+@pytest.mark.parametrize("target, host", [
+    (b"http://legacy.example:8080/x?y=1", b"legacy.example:8080"),
+    (b"HTTP://user:pw@legacy.example/x", b"legacy.example"),
+    (b"http://[2001:db8::1]:80", b"[2001:db8::1]:80"),
+    (b"https://a.example?q", b"a.example"),
+    (b"coap+tcp://a.example#f", b"a.example"),
+], ids=["port-and-query", "userinfo", "ipv6", "query-right-after", "scheme-chars"])
+def test_http10_absolute_form_request_without_host_gets_the_target_authority(target, host):
+    out = rewrite(start=b"GET " + target + b" HTTP/1.0", destination=b"10.1.2.3:80")
+    assert values(out, b"host") == [host]
+    check_request(out)
+
+
+@pytest.mark.parametrize("target", [b"/x", b"*", b"http:///x", b"http:/x", b"urn:isbn:1",
+                                    b"http://@/x", b"1http://a.example/"])
+def test_target_without_an_authority_leaves_the_destination(target):
+    head = parse_request(head_bytes(b"OPTIONS " + target + b" HTTP/1.0"))
+    assert HR.host_for_request(head, b"10.1.2.3:80") == b"10.1.2.3:80"
+    assert HR.host_for_request(head, None) is None
+
+
+@pytest.mark.parametrize("start", [b"GET / HTTP/1.0", b"GET http://other.example/ HTTP/1.0",
+                                   b"GET / HTTP/1.1"])
+def test_request_with_host_keeps_it_and_gets_no_second_one(start):
+    out = rewrite(HOST, start=start, destination=b"10.1.2.3:80")
+    assert values(out, b"host") == [b"example.com"]
+    check_request(out)
 
 
 # -- hop-by-hop fields ----------------------------------------------------------------------
@@ -236,13 +278,35 @@ def test_xff_with_ipv6_client():
     check_request(out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "head_rewrite bug: a client's X-Forwarded-For named in Connection is hop-by-hop and "
-    "removed from the kept fields, but its values are still merged into the "
-    "x-forwarded-for line written for the upstream"))
 def test_xff_named_in_connection_not_forwarded():
     out = rewrite(HOST, b"Connection: X-Forwarded-For", b"X-Forwarded-For: 203.0.113.1")
     assert values(out, b"x-forwarded-for") == [CLIENT_IP]
+
+
+@pytest.mark.parametrize("fields", [
+    (b"X-Forwarded-For: 203.0.113.1", b"Connection: x-forwarded-for"),
+    (b"connection: keep-alive, X-FORWARDED-FOR", b"x-forwarded-for: 203.0.113.1",
+     b"X-Forwarded-For: 198.51.100.2"),
+], ids=["nominated-after", "several-lines"])
+def test_xff_named_in_connection_not_forwarded_whatever_the_order_and_case(fields):
+    out = rewrite(HOST, *fields)
+    assert values(out, b"x-forwarded-for") == [CLIENT_IP]
+    check_request(out)
+    assert b"x-forwarded-for" not in names(rewrite(HOST, *fields, client_ip=None))
+
+
+def test_xff_named_in_connection_removed_from_a_response():
+    upstream = head_bytes(b"HTTP/1.1 200 OK", b"Content-Length: 0", b"X-Forwarded-For: kept",
+                          b"Connection: X-Forwarded-For")
+    out = HR.rewrite_response(parse_response(upstream), FRAME_LENGTH)
+    assert b"x-forwarded-for" not in names(out)
+
+
+def test_host_named_in_connection_kept():
+    # Every HTTP/1.1 request needs its Host: it cannot be one hop's connection option.
+    out = rewrite(HOST, b"Connection: host, x-hop", b"X-Hop: 1")
+    assert values(out, b"host") == [b"example.com"] and b"x-hop" not in names(out)
+    check_request(out)
 
 
 # -- X-Request-Id ---------------------------------------------------------------------------
@@ -291,13 +355,29 @@ def test_request_id_generators_do_not_collide():
     assert {a.new() for _ in range(100)}.isdisjoint({b.new() for _ in range(100)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "head_rewrite bug: an x-request-id named in Connection is dropped as hop-by-hop, but "
-    "the parser still records it as the request id, so none is generated and the "
-    "upstream gets no x-request-id at all (the rule is: kept, or generated)"))
 def test_request_id_present_when_client_marks_it_hop_by_hop():
     out = rewrite(HOST, b"Connection: x-request-id", b"X-Request-Id: abc")
     assert len(values(out, b"x-request-id")) == 1
+
+
+@pytest.mark.parametrize("fields", [
+    (b"Connection: x-request-id", b"X-Request-Id: abc"),
+    (b"X-Request-Id: abc", b"Connection: close, X-REQUEST-ID"),
+    (b"x-request-id: abc", b"Connection: x-request-id", b"X-Request-Id: def"),
+], ids=["nominated-before", "nominated-after", "two-ids"])
+def test_request_id_named_in_connection_replaced_by_a_generated_one(fields):
+    rid = HR.RequestId()
+    head = parse_request(head_bytes(b"GET / HTTP/1.1", HOST, *fields))
+    out = HR.rewrite_request(head, CLIENT_IP, rid)
+    assert values(out, b"x-request-id") == [rid.current]
+    assert UUID4.match(rid.current)
+    check_request(out)
+
+
+def test_only_the_first_of_several_request_ids_forwarded():
+    out = rewrite(HOST, b"X-Request-Id: first", b"x-request-id: second")
+    assert values(out, b"x-request-id") == [b"first"]
+    check_request(out)
 
 
 # -- upgrade --------------------------------------------------------------------------------

@@ -230,11 +230,6 @@ def test_five_leading_crlfs_rejected():
     assert_rejected(feed_pieces(whole(b"\r\n" * 5 + request(HOST))), 400)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: HeadParser.feed sets head_start from line_start_pos only while no line "
-    "has been counted, so when the request line completes in an earlier feed than the "
-    "end of the head, the leading CRLFs stay in MessageHead.raw and the request is "
-    "rejected with 400 'malformed request line (method)'"))
 @pytest.mark.parametrize("pieces", [
     [b"\r\n", b"GET / HTTP/1.1\r\n", b"Host: example.com\r\n\r\n"],
     bytewise(b"\r\n" + request(HOST)),
@@ -244,11 +239,19 @@ def test_leading_crlf_tolerated_when_head_arrives_in_pieces(pieces):
     assert h.method_bytes == b"GET" and h.headers() == [(b"Host", b"example.com")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: the count of skipped leading empty lines is a local of HeadParser.feed, "
-    "so empty lines arriving in separate reads are never limited to four"))
 def test_five_leading_crlfs_rejected_when_sent_in_separate_reads():
     assert_rejected(feed_pieces([b"\r\n"] * 5 + [request(HOST)]), 400)
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"\r\n"] * 4 + [request(HOST)],
+    [b"\r", b"\n\r", b"\n\r\n\r\nGET / HTTP/1.1\r\n", HOST + b"\r\n\r\n"],
+    bytewise(b"\r\n" * 4 + request(HOST)),
+], ids=["crlf-per-read", "cr-and-lf-apart", "bytewise"])
+def test_four_leading_crlfs_tolerated_in_separate_reads(pieces):
+    data = b"".join(pieces)
+    h = assert_ok(feed_pieces(pieces), len(data))
+    assert h.head_length == len(request(HOST)) and h.raw.startswith(b"GET / HTTP/1.1\r\n")
 
 
 def test_leading_crlfs_not_skipped_before_a_status_line():
@@ -472,10 +475,6 @@ def test_chunked_twice_rejected(feed, fields):
     assert_rejected(feed(post(HOST, *fields)), 400)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: each Transfer-Encoding list element is read as a leading token and the "
-    "rest of the element is ignored, so values that are not a transfer-coding "
-    "(RFC 9112 section 7 grammar) such as 'chunked x' or 'chunked/1' are taken as chunked"))
 @pytest.mark.parametrize("value", [b"chunked x", b"chunked/1", b"chunked=1", b"chunked\x80"],
                          ids=["space-junk", "slash", "equals", "obs-text"])
 def test_transfer_coding_with_junk_after_the_name_rejected(feed, value):
@@ -485,6 +484,22 @@ def test_transfer_coding_with_junk_after_the_name_rejected(feed, value):
 
 @pytest.mark.parametrize("value", [b"chunked", b"Chunked", b"CHUNKED", b"  chunked  "])
 def test_chunked_coding_name_case_insensitive(feed, value):
+    assert assert_ok(feed(post(HOST, b"Transfer-Encoding: " + value))).body_kind == P.CHUNKED
+
+
+@pytest.mark.parametrize("value", [b"chunked;q=1", b"chunked ;q=1", b"chunked, /", b"/x, chunked",
+                                   b"gzip x, chunked"],
+                         ids=["parameter", "bws-parameter", "no-name-last", "no-name-first",
+                              "junk-before-chunked"])
+def test_transfer_coding_with_parameters_or_without_a_name_rejected(feed, value):
+    # chunked takes no parameters; an element must start with a coding name.
+    out = feed(post(HOST, b"Transfer-Encoding: " + value))
+    assert out.offset == -1 and out.status in (400, 501), (out.status, out.reason)
+
+
+@pytest.mark.parametrize("value", [b", chunked", b"chunked,", b" , chunked , ,"])
+def test_empty_transfer_encoding_list_elements_ignored(feed, value):
+    # RFC 9110 5.6.1: a recipient accepts and ignores empty list elements.
     assert assert_ok(feed(post(HOST, b"Transfer-Encoding: " + value))).body_kind == P.CHUNKED
 
 
@@ -527,7 +542,7 @@ LINE = b"GET /" + b"a" * 95 + b" HTTP/1.1"        # 109 bytes
 def test_request_line_at_max_accepted():
     limits = P.Limits(len(LINE), 65536, 100)
     assert_ok(feed_pieces(whole(request(HOST, start=LINE)), limits=limits))
-    # Split anywhere but between its CR and LF (see the xfail test below).
+    # Split anywhere but between its CR and LF (that split has its own test below).
     data = request(HOST, start=LINE)
     for cut in range(1, len(data)):
         if cut != len(LINE) + 1:
@@ -547,11 +562,6 @@ def test_request_line_over_max_rejected_before_its_end_arrives():
     assert out.feeds < len(pieces)        # did not wait for (or buffer) the whole line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: while the request line has no LF yet, its length is measured with the "
-    "trailing CR included (n - line_start_pos > max_request_line), so a request line of "
-    "exactly max_request_line bytes whose CR and LF arrive in different reads gives 414, "
-    "although the same bytes in one read are accepted"))
 @pytest.mark.parametrize("split", ["between-cr-and-lf", "bytewise"])
 def test_request_line_at_max_accepted_when_split_between_cr_and_lf(split):
     limits = P.Limits(len(LINE), 65536, 100)
@@ -578,22 +588,32 @@ def test_head_over_max_header_bytes_gives_431(feed, over):
     assert_rejected(feed(data, limits=P.Limits(8192, 300, 100)), 431)
 
 
-_HEAD_LIMIT_BUG = pytest.mark.xfail(strict=True, reason=(
-    "parser bug: max_header_bytes is checked after each start/field line and while no LF "
-    "is found, never after the final empty line, so a complete head of max+1 or max+2 "
-    "bytes passes when its last bytes arrive in one read (max+2 is rejected byte by byte)"))
-
-
 @pytest.mark.parametrize("over, split", [
-    pytest.param(1, "whole", marks=_HEAD_LIMIT_BUG),
-    pytest.param(2, "whole", marks=_HEAD_LIMIT_BUG),
-    pytest.param(1, "bytewise", marks=_HEAD_LIMIT_BUG),
+    (1, "whole"),
+    (2, "whole"),
+    (1, "bytewise"),
     (2, "bytewise"),
 ])
 def test_head_one_or_two_bytes_over_max_header_bytes_gives_431(over, split):
     data = _head_of_length(300 + over)
     pieces = whole(data) if split == "whole" else bytewise(data)
     assert_rejected(feed_pieces(pieces, limits=P.Limits(8192, 300, 100)), 431)
+
+
+def test_leading_empty_lines_do_not_count_towards_the_head_limits(feed):
+    data = b"\r\n" * 4 + _head_of_length(300)
+    assert_ok(feed(data, limits=P.Limits(8192, 300, 100)), len(data))
+    data = b"\r\n" * 4 + request(HOST, start=LINE)
+    assert_ok(feed(data, limits=P.Limits(len(LINE), 65536, 100)), len(data))
+    assert_rejected(feed(b"\r\n" * 4 + _head_of_length(301), limits=P.Limits(8192, 300, 100)),
+                    431)
+
+
+@pytest.mark.parametrize("over", [1, 2])
+def test_response_head_over_max_header_bytes_by_its_last_bytes_gives_502(feed, over):
+    data = response(b"X-Pad: " + b"p" * (300 + over - len(response(b"X-Pad: "))))
+    assert len(data) == 300 + over
+    assert_rejected(feed(data, response=True, limits=P.Limits(8192, 300, 100)), 502)
 
 
 def test_header_bytes_over_max_rejected_before_the_head_ends():
@@ -846,13 +866,26 @@ def test_response_limits_give_502(feed):
     assert_rejected(feed(response(b"X: " + b"x" * 200), response=True, limits=limits), 502)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parser bug: RFC 9112 6.1 says an HTTP/1.0 message with Transfer-Encoding MUST be "
-    "treated as having faulty framing; requests get 400, but an HTTP/1.0 response with "
-    "'Transfer-Encoding: chunked' is accepted as chunked instead of being an error (502)"))
 def test_http10_response_with_transfer_encoding_rejected(feed):
     out = feed(response(b"Transfer-Encoding: chunked", start=b"HTTP/1.0 200 OK"), response=True)
     assert_rejected(out, 502)
+
+
+@pytest.mark.parametrize("fields, request_method", [
+    ((b"Transfer-Encoding: chunked", b"Content-Length: 5"), P.GET),
+    ((b"Transfer-Encoding: gzip",), P.GET),
+    ((b"Transfer-Encoding: chunked",), P.HEAD),
+], ids=["with-content-length", "not-chunked", "to-head"])
+def test_http10_response_with_transfer_encoding_rejected_whatever_else_it_says(
+        feed, fields, request_method):
+    out = feed(response(*fields, start=b"HTTP/1.0 200 OK"), response=True,
+               request_method=request_method)
+    assert_rejected(out, 502)
+
+
+@pytest.mark.parametrize("value", [b"chunked x", b"chunked/1", b"chunked;q=1, x y"])
+def test_response_transfer_coding_with_junk_gives_502(feed, value):
+    assert_rejected(feed(response(b"Transfer-Encoding: " + value), response=True), 502)
 
 
 @pytest.mark.parametrize("n", [2, 3])
