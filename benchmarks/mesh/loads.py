@@ -94,21 +94,27 @@ class _Sampler:
         return sample
 
 
-def _cpu_fields(before, after, per, prefix):
-    """CPU fields of the proxies, per unit of `per` (requests or GB) scaled by `prefix`."""
+def _cpu_fields(before, after, scale, suffix):
+    """CPU seconds between two samples times `scale` (per request or per GB), as
+    fields named cpu_..._<suffix>. A row without proxies (direct) has no proxy CPU to
+    report, rather than zero of it."""
+    def scaled(seconds, factor):
+        return seconds * factor if factor else None
+
+    proxy_scale = scale if before["proxies"] else None
     out = {}
     user_total = system_total = 0.0
     for side in before["proxies"]:
         user, system = proc_stats.cpu_delta(before["proxies"][side], after["proxies"][side])
         user_total += user
         system_total += system
-        out[f"cpu_{side}_{prefix}"] = (user + system) * per if per else None
-    out[f"cpu_{prefix}"] = (user_total + system_total) * per if per else None
-    out[f"cpu_user_{prefix}"] = user_total * per if per else None
-    out[f"cpu_system_{prefix}"] = system_total * per if per else None
+        out[f"cpu_{side}_{suffix}"] = scaled(user + system, scale)
+    out[f"cpu_{suffix}"] = scaled(user_total + system_total, proxy_scale)
+    out[f"cpu_user_{suffix}"] = scaled(user_total, proxy_scale)
+    out[f"cpu_system_{suffix}"] = scaled(system_total, proxy_scale)
     for name in ("loadgen", "app", "sidecar_cgroups"):
-        out[f"{name}_cpu_{prefix}"] = (after[name] - before[name]) * per if per else None
-    out[f"machine_cpu_{prefix}"] = (after["busy"] - before["busy"]) * per if per else None
+        out[f"{name}_cpu_{suffix}"] = scaled(after[name] - before[name], scale)
+    out[f"machine_cpu_{suffix}"] = scaled(after["busy"] - before["busy"], scale)
     return out
 
 

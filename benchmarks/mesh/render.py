@@ -1,9 +1,12 @@
-"""The Markdown report of a mesh result document (the dict run.py writes as JSON)."""
+"""The Markdown report of a mesh result document (the dict run.py writes as JSON).
+
+`python -m benchmarks.mesh.render RESULT.json` writes RESULT.md again from a result file.
+"""
 import statistics
 
 from ..report import format_added, format_mb, format_ratio, format_spread, format_time, one_line
 
-__all__ = ["render_markdown", "render_targets"]
+__all__ = ["render_headline", "render_markdown", "render_targets"]
 
 METHOD = """\
 Method: each row runs in its own pair of pods: network namespaces with child cgroups,
@@ -133,6 +136,37 @@ def _row_detail(info):
     return one_line("; ".join(f"{k}: {v}" for k, v in info["evidence"].items()), 300)
 
 
+def render_headline(document):
+    """One line per measured row with the figures a reader compares first (medians)."""
+    summ = document["summary"]
+
+    def med(load, row, metric, fmt):
+        cell = summ.get(load, {}).get(row, {}).get(metric)
+        return fmt(cell["median"]) if cell else "–"
+
+    head = ["row", "req/s, 32 conns", "CPU µs/req, 32 conns", "p50 / p99 at 2000 req/s", "added p50 at 2000",
+            "TCP MB/s", "sidecar RSS", "errors"]
+    lines = []
+    for name, info in document["scenarios"].items():
+        if info["status"] != "ok":
+            continue
+        errors = sum(int(summ[load][name]["errors"]["max"]) for load in summ
+                     if name in summ[load] and summ[load][name].get("errors"))
+        rss = [summ[load][name]["rss_total_kb"]["median"] for load in summ
+               if name in summ[load] and summ[load][name].get("rss_total_kb")]
+        lines.append("| " + " | ".join([
+            info["title"],
+            med("closed-c32-0", name, "requests_per_s", lambda v: f"{v:,.0f}"),
+            med("closed-c32-0", name, "cpu_us_per_req", lambda v: f"{v:.1f}") if name != "direct" else "–",
+            med("open-2000", name, "p50_us", format_time) + " / " + med("open-2000", name, "p99_us", format_time),
+            med("open-2000", name, "added_p50_us", format_added),
+            med("tcp", name, "mb_per_s", lambda v: f"{v:,.0f}"),
+            format_mb(max(rss)) if rss and max(rss) else "–",
+            str(errors),
+        ]) + " |")
+    return _table(head, lines)
+
+
 def _noise(document):
     steal, busy = [], []
     for r in document["rounds"]:
@@ -183,6 +217,8 @@ def render_markdown(document):
         "",
         _noise(document),
         "",
+        render_headline(document),
+        "",
         METHOD,
         "## Rows",
         "",
@@ -210,3 +246,15 @@ def render_markdown(document):
     out += ["## Load generator", "", _loadgen(document), "",
             f"Raw rounds, evidence and machine details: `{document['json_file']}`.", ""]
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    # `python -m benchmarks.mesh.render RESULT.json`: writes RESULT.md again from the JSON.
+    import json
+    import sys
+    from pathlib import Path
+
+    source = Path(sys.argv[1])
+    target = source.with_suffix(".md")
+    target.write_text(render_markdown(json.loads(source.read_text())))
+    print(f"wrote {target}")
