@@ -102,10 +102,12 @@ class Row:
         return self.scenario.name
 
 
-def build_row(scenario, workdir, context):
+def build_row(row, workdir, context):
     """Builds the row's pods and proxies and runs its proof; never raises for a row that
-    cannot run (the row's status says why)."""
-    row = Row(scenario, mesh=Mesh(workdir / scenario.name))
+    cannot run (the row's status says why). The caller holds the row before this starts,
+    so a Ctrl-C or SIGTERM in the middle still finds the pods to remove."""
+    scenario = row.scenario
+    row.mesh = Mesh(workdir / scenario.name)
     # Until the row's own proxies are started, a failure is the harness's, never "not
     # available"; from then on an optional row's failure is its feature's.
     feature_stage = False
@@ -258,8 +260,9 @@ def main(argv=None):
             path.chmod(0o644)
         say(f"building pods in {workdir}")
         for scenario in selected:
-            row = build_row(scenario, workdir, context)
+            row = Row(scenario)
             rows.append(row)
+            build_row(row, workdir, context)
             detail = row.reason if row.reason else ", ".join(f"{k} {v}" for k, v in row.evidence.items())
             say(f"  {row.name:23} {row.status:5} {detail}")
         ready = [r for r in rows if r.status == "ok"]

@@ -1,20 +1,23 @@
 """`python -m benchmarks.mesh --quick` builds two pods per row in network namespaces, measures
 direct, the bpf-sidecar, nginx and HAProxy end to end, reports rows waiting for a feature as
 not available with a reason, writes JSON, Markdown and PNGs, and leaves no process,
-namespace, cgroup or temp dir behind.
+namespace, cgroup or temp dir behind, also when stopped with SIGTERM while its pods are up.
 
 It takes about a minute on 2 cores (one round of three 2 s loads over four rows, and the
 pods of every row built and proven): the harness's smoke test, run once so it cannot rot."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.proc_stats import read_stat
+from sidecar.netns_topology import CGROUP2_ROOT
 from tests.conftest import require_privileges
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +125,44 @@ def test_nothing_is_left_behind(quick_mesh):
                 st = read_stat(pid)
                 assert st is None or st.starttime != starttime, f"pid {pid} still running"
     assert recorded >= 8
+
+
+def _bench_namespaces():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("bm-")}
+
+
+def _bench_cgroups():
+    return {name for name in os.listdir(CGROUP2_ROOT) if name.startswith("bench-mesh-")}
+
+
+def test_sigterm_while_pods_are_up_removes_everything(quick_mesh, tmp_path):
+    # Runs after the quick run (it needs the same tools); stops a second run once its
+    # first pods are built, in the middle of building the next row.
+    before, cgroups_before = _bench_namespaces(), _bench_cgroups()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.mesh", "--quick", "--only", "nginx", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("direct"):
+                break
+        time.sleep(0.5)
+        made = _bench_namespaces() - before
+        assert made, "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "removing pods" in output
+    assert not (made & _bench_namespaces()), output
+    assert _bench_cgroups() <= cgroups_before, output
+    workdir = re.search(r"building pods in (\S+)", output).group(1)
+    assert not os.path.exists(workdir)
+    assert not list(tmp_path.glob("*.json")), "an interrupted run must not write results"
