@@ -27,7 +27,7 @@ from .topology import (
     APP_PORT, INBOUND_PORT, OUTBOUND_PORT, SERVER_IP, TCP_INBOUND_PORT, TCP_OUTBOUND_PORT, TCP_PORT,
     http_status, tcp_accepts)
 
-__all__ = ["PAYLOADS", "start_app", "start_proxies", "sidecar_config"]
+__all__ = ["PAYLOADS", "sidecar_config", "start_app", "start_proxies", "write_sidecar_configs"]
 
 # Response body per payload name, served by the app at /<name>.
 PAYLOADS = {"0": 0, "1k": 1024, "64k": 65536}
