@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-management clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management clean
 
 setup:
 	@scripts/setup-host.sh
@@ -13,15 +13,22 @@ test: setup
 demo: setup
 	$(VENV)/bin/sidecar demo $(DEMO_ARGS)
 
+# The reverse-proxy benchmark (loopback), the mesh benchmark (two pods in network
+# namespaces, needs root) and the management-layer benchmark.
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 	$(PY) -m benchmarks.management
+
+bench-mesh: setup
+	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 
 bench-management: setup
 	$(PY) -m benchmarks.management $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.mesh --quick
 
 clean:
 	rm -rf build fastpath/*.c fastpath/*.so fastpath/*.html

@@ -167,8 +167,11 @@ def _http_status(port, timeout=1.0):
 class PeerProcess:
     """One started program (and everything it forks), listening on `port`."""
 
-    def __init__(self, name, cmd, workdir, port, stop_signal=signal.SIGTERM):
+    def __init__(self, name, cmd, workdir, port, stop_signal=signal.SIGTERM, ready_probe=None):
         self.name = name
+        # Returns the HTTP status of a GET through the peer (raises OSError when it cannot
+        # connect); by default a GET / to 127.0.0.1:port from here.
+        self.ready_probe = ready_probe or (lambda: _http_status(port))
         self.cmd = cmd
         self.workdir = Path(workdir)
         self.port = port
@@ -209,14 +212,14 @@ class PeerProcess:
                 self.seen[(st.pid, st.starttime)] = st.pid
 
     def wait_ready(self, timeout=READY_TIMEOUT_S):
-        """Waits until a GET / through the port answers 200. Raises PeerError."""
+        """Waits until the ready probe (a GET / through the port) answers 200. Raises PeerError."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             if not self.alive():
                 raise PeerError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                status = _http_status(self.port)
+                status = self.ready_probe()
                 if status == 200:
                     self.remember_processes()
                     return

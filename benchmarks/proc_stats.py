@@ -25,6 +25,7 @@ __all__ = [
     "read_stat",
     "sample_cpu",
     "sample_machine_busy",
+    "sample_machine_steal",
     "sample_rss",
 ]
 
@@ -157,6 +158,14 @@ def sample_rss(root_pid):
         worker_max_kb=max(workers, default=0),
         processes=len(sizes),
     )
+
+
+def sample_machine_steal():
+    """Seconds of all CPUs since boot taken by the hypervisor for other guests (the
+    "steal" column of /proc/stat): a measure of how noisy a shared VM was during a run."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return fields[7] / CLOCK_TICKS_PER_SECOND
 
 
 def sample_machine_busy():

@@ -18,7 +18,10 @@ import json
 import statistics
 from pathlib import Path
 
-__all__ = ["METRICS", "summarize", "write_json", "write_markdown"]
+__all__ = [
+    "METRICS", "format_added", "format_mb", "format_ratio", "format_spread", "format_time", "one_line",
+    "ratio", "spread", "summarize", "write_json", "write_markdown",
+]
 
 METRICS = (
     "requests_per_s",
@@ -36,7 +39,8 @@ METRICS = (
 )
 
 
-def _spread(values):
+def spread(values):
+    """{"median", "min", "max"} of the values that are not None (None when there are none)."""
     values = [v for v in values if v is not None]
     if not values:
         return None
@@ -57,7 +61,8 @@ def _add_added_p50(rounds):
             r["added_p50_us"] = r["p50_us"] - base
 
 
-def _ratio(value, reference):
+def ratio(value, reference):
+    """value / reference, or None when either is missing or the reference is not positive."""
     if value is None or reference is None or reference <= 0:
         return None
     return value / reference
@@ -75,7 +80,7 @@ def summarize(rounds, scenarios, targets, target_errors):
         for target in targets:
             good = [r for r in rounds if r["scenario"] == scenario and r["target"] == target and not r.get("error")]
             failed = [r for r in rounds if r["scenario"] == scenario and r["target"] == target and r.get("error")]
-            row = {metric: _spread([r.get(metric) for r in good]) for metric in METRICS}
+            row = {metric: spread([r.get(metric) for r in good]) for metric in METRICS}
             row["rounds"] = len(good)
             row["error"] = target_errors.get(target) or (failed[0]["error"] if failed else None)
             if not good and row["error"] is None:
@@ -86,8 +91,8 @@ def summarize(rounds, scenarios, targets, target_errors):
             if target == "direct":  # its CPU is the app's, not a proxy's: no ratio
                 row["cpu_vs_nginx"] = row["added_p50_vs_nginx"] = None
                 continue
-            row["cpu_vs_nginx"] = _ratio(_median(row, "cpu_us_per_req"), _median(nginx, "cpu_us_per_req"))
-            row["added_p50_vs_nginx"] = _ratio(_median(row, "added_p50_us"), _median(nginx, "added_p50_us"))
+            row["cpu_vs_nginx"] = ratio(_median(row, "cpu_us_per_req"), _median(nginx, "cpu_us_per_req"))
+            row["added_p50_vs_nginx"] = ratio(_median(row, "added_p50_us"), _median(nginx, "added_p50_us"))
         summary[scenario] = rows
     return summary
 
@@ -108,7 +113,7 @@ def write_json(path, document):
 # ---- Markdown ----------------------------------------------------------------------
 
 
-def _fmt_time(us):
+def format_time(us):
     if us is None:
         return "–"
     if abs(us) < 1000:
@@ -116,14 +121,14 @@ def _fmt_time(us):
     return f"{us / 1000:.2f} ms"
 
 
-def _fmt_added(us):
+def format_added(us):
     if us is None:
         return "–"
     sign = "+" if us >= 0 else "−"
-    return sign + _fmt_time(abs(us))
+    return sign + format_time(abs(us))
 
 
-def _fmt_spread(spread, fmt):
+def format_spread(spread, fmt):
     if spread is None:
         return "–"
     if spread["min"] == spread["max"]:
@@ -131,11 +136,11 @@ def _fmt_spread(spread, fmt):
     return f"{fmt(spread['median'])} ({fmt(spread['min'])}–{fmt(spread['max'])})"
 
 
-def _fmt_ratio(ratio):
+def format_ratio(ratio):
     return "–" if ratio is None else f"{ratio:.2f}×"
 
 
-def _fmt_mb(kb):
+def format_mb(kb):
     return f"{kb / 1024:.1f} MB"
 
 
@@ -143,7 +148,7 @@ def _cpu_cell(row):
     total, user, system = (row.get(k) for k in ("cpu_us_per_req", "cpu_user_us_per_req", "cpu_system_us_per_req"))
     if total is None:
         return "–"
-    cell = _fmt_spread(total, lambda v: f"{v:.1f}")
+    cell = format_spread(total, lambda v: f"{v:.1f}")
     if user and system:
         cell += f" [{user['median']:.1f}+{system['median']:.1f}]"
     return cell
@@ -158,28 +163,28 @@ def _table(rows, labels, with_added):
     for target, row in rows.items():
         label = labels.get(target, target)
         if row["rounds"] == 0:
-            lines.append(f"| {label} | failed: {_one_line(row['error'])} |" + " |" * (len(head) - 2))
+            lines.append(f"| {label} | failed: {one_line(row['error'])} |" + " |" * (len(head) - 2))
             continue
         cells = [
             label,
-            _fmt_spread(row["requests_per_s"], lambda v: f"{v:,.0f}"),
+            format_spread(row["requests_per_s"], lambda v: f"{v:,.0f}"),
             _cpu_cell(row),
-            _fmt_ratio(row["cpu_vs_nginx"]),
-            _fmt_spread(row["p50_us"], _fmt_time),
-            _fmt_spread(row["p99_us"], _fmt_time),
+            format_ratio(row["cpu_vs_nginx"]),
+            format_spread(row["p50_us"], format_time),
+            format_spread(row["p99_us"], format_time),
         ]
         if with_added:
-            cells += [_fmt_spread(row["added_p50_us"], _fmt_added), _fmt_ratio(row["added_p50_vs_nginx"])]
+            cells += [format_spread(row["added_p50_us"], format_added), format_ratio(row["added_p50_vs_nginx"])]
         cells += [
-            _fmt_mb(row["rss_total_kb"]["median"]),
-            _fmt_mb(row["rss_worker_max_kb"]["median"]),
-            f"{row['errors']['max']:.0f}" + (f" ({_one_line(row['error'])})" if row["error"] else ""),
+            format_mb(row["rss_total_kb"]["median"]),
+            format_mb(row["rss_worker_max_kb"]["median"]),
+            f"{row['errors']['max']:.0f}" + (f" ({one_line(row['error'])})" if row["error"] else ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _one_line(text, limit=160):
+def one_line(text, limit=160):
     text = " ".join(str(text).split()).replace("|", "/")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -215,7 +220,7 @@ def render_markdown(document):
     failures = {t: e for t, e in document.get("target_errors", {}).items() if e}
     if failures:
         out += ["## Errors", ""]
-        out += [f"- **{t}**: {_one_line(e, 600)}" for t, e in failures.items()]
+        out += [f"- **{t}**: {one_line(e, 600)}" for t, e in failures.items()]
         out += [""]
     out += [f"Raw rounds and machine details: `{document['json_file']}`.", ""]
     return "\n".join(out)

@@ -111,15 +111,21 @@ def parse_wrk_output(text):
     return result
 
 
-def run_wrk(url, *, threads, connections, duration_s, near_end=None):
+def run_wrk(url, *, threads, connections, duration_s, near_end=None, headers=(), command_prefix=()):
     """Runs wrk against url and returns (WrkResult, near_end_value).
+
+    headers are added to every request ("Name: value"); command_prefix is put before
+    the wrk command line (the mesh harness runs wrk inside a pod: cgroup, namespace, uid).
 
     near_end, when given, is called about half a second before the load ends (while
     wrk is still sending) and its return value is handed back: that is where the
     caller samples memory under load. wrk runs in its own process group and is killed
     with it if anything goes wrong here, Ctrl-C included.
     """
-    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", url]
+    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{int(duration_s)}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
+    cmd = list(command_prefix) + cmd + [url]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

@@ -16,7 +16,8 @@ log() { echo "setup: $*"; }
 
 PACKAGES=(
   python3-dev python3-venv python3-bpfcc bpfcc-tools bpftool iproute2 iptables
-  linux-headers-amd64 nginx haproxy wrk procps slowhttptest prometheus
+  linux-headers-amd64 nginx libnginx-mod-stream haproxy wrk procps slowhttptest prometheus
+  gcc util-linux openssl
 )
 
 missing=()
@@ -75,7 +76,7 @@ want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python dependencies"
   "$VENV/bin/pip" install -q --upgrade pip setuptools wheel "cython>=3.0"
-  "$VENV/bin/pip" install -q --no-build-isolation -e '.[test]'
+  "$VENV/bin/pip" install -q --no-build-isolation -e '.[test,bench]'
   echo "$want" > "$stamp"
 fi
 

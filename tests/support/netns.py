@@ -1,11 +1,11 @@
 """Network namespaces for the integration tests: pods, veth pairs, the real sidecar inside a
 pod, and iptables REDIRECT interception.
 
-Kernel hygiene (DESIGN.md): everything here happens inside namespaces this module creates.
-Veth pairs are created directly inside their two namespaces (never on the host), firewall
-rules are added inside a namespace only, and leaving a `Netns` block kills every process
-still in the namespace, deletes its interfaces and the namespace itself, also when the test
-failed.
+The namespaces, veth pairs and iptables rules come from `sidecar.netns_topology` (shared
+with the mesh benchmark); this module adds the tests' defaults (the app's uid, the `sc-t-`
+prefix), the real sidecar inside a pod, and small servers. Leaving a `Netns` block kills every
+process still in the namespace, deletes its interfaces and the namespace itself, also when the
+test failed.
 
     with Netns() as client, Netns() as server:
         veth_pair(client, server, ["10.200.0.1/24", "fd00:200::1/64"],
@@ -21,44 +21,37 @@ short-lived thread that has entered the namespace: a socket belongs to the names
 created in, whichever thread uses it later.
 """
 import contextlib
-import ctypes
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import yaml
 
+from sidecar import netns_topology as _topology
+from sidecar.netns_topology import (  # noqa: F401  (re-exported for the tests)
+    CommandError, check_command, redirect_inbound, veth_pair)
+from sidecar.netns_topology import kill_process_group as _kill_group
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NETNS_DIR = "/var/run/netns"
-CLONE_NEWNET = 0x40000000
 APP_UID = 65534          # `nobody`: the app's user, whose outbound TCP is intercepted
 APP_PYTHON = "/usr/bin/python3"
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
+class Netns(_topology.Netns):
+    """A network namespace `sc-t-<random>` with `lo` up; removed on exit with everything in it."""
 
-class CommandError(RuntimeError):
-    pass
-
-
-def _check(cmd, timeout=30):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise CommandError("%s: exit %d: %s" % (" ".join(cmd), r.returncode,
-                                                (r.stderr or r.stdout).strip()))
-    return r
+    def __init__(self, prefix="sc-t-"):
+        super().__init__(prefix)
 
 
 def as_app(cmd, uid=APP_UID):
     """`cmd` run as the app's unprivileged user (its TCP is what interception captures)."""
-    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--"] + list(cmd)
+    return _topology.as_app(cmd, uid)
 
 
 def run_app_python(ns, script, *args, input=b"", timeout=15.0, uid=APP_UID):
@@ -72,223 +65,10 @@ def run_app_python(ns, script, *args, input=b"", timeout=15.0, uid=APP_UID):
     return json.loads(r.stdout)
 
 
-class Netns:
-    """A network namespace `sc-t-<random>` with `lo` up; removed on exit with everything in it."""
-
-    def __init__(self, prefix="sc-t-"):
-        self.name = prefix + secrets.token_hex(4)
-        self.path = os.path.join(NETNS_DIR, self.name)
-        self.procs = []
-        self.created = False
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self):
-        _check(["ip", "netns", "add", self.name])
-        self.created = True
-        try:
-            self.ip("link", "set", "lo", "up")
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        """Kills the namespace's processes, deletes its interfaces, then the namespace."""
-        if not self.created:
-            return
-        try:
-            for proc in self.procs:
-                _kill_group(proc)
-            self.procs = []
-            # Anything else still living in the namespace (grandchildren that left the group).
-            for _ in range(50):
-                pids = self.pids()
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.02)
-            # Deleting a veth end here deletes its peer too: nothing is left for later.
-            for dev in self.links(kind="veth"):
-                subprocess.run(["ip", "-n", self.name, "link", "del", dev], capture_output=True)
-        finally:
-            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
-            self.created = False
-
-    def pids(self):
-        r = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
-        return [int(p) for p in r.stdout.split() if int(p) != os.getpid()]
-
-    def links(self, kind=None):
-        cmd = ["ip", "-n", self.name, "-o", "link", "show"] + (["type", kind] if kind else [])
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        return [line.split(":")[1].strip().split("@")[0] for line in r.stdout.splitlines()]
-
-    # -- commands inside the namespace ------------------------------------------------------
-
-    def command(self, cmd):
-        return ["nsenter", "--net=" + self.path, "--"] + list(cmd)
-
-    def ip(self, *args):
-        return _check(["ip", "-n", self.name] + list(args))
-
-    def run(self, cmd, check=True, timeout=30, **kw):
-        """Runs `cmd` in the namespace to completion; text output captured by default."""
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        r = subprocess.run(self.command(cmd), timeout=timeout, **kw)
-        if check and r.returncode != 0:
-            raise CommandError("in %s: %s: exit %d: %s" % (
-                self.name, " ".join(cmd), r.returncode, (r.stderr or r.stdout or "").strip()))
-        return r
-
-    def popen(self, cmd, **kw):
-        """Starts `cmd` in the namespace in its own process group; killed on exit."""
-        kw.setdefault("start_new_session", True)
-        proc = subprocess.Popen(self.command(cmd), **kw)
-        self.procs.append(proc)
-        return proc
-
-    def call(self, fn, *args, **kw):
-        """fn(*args, **kw) in a thread that entered this namespace; its result or exception."""
-        box = {}
-
-        def body():
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, "setns(%s): %s" % (self.path, os.strerror(err)))
-                finally:
-                    os.close(fd)
-                box["result"] = fn(*args, **kw)
-            except BaseException as e:      # handed to the caller
-                box["error"] = e
-
-        t = threading.Thread(target=body, name="netns-" + self.name)
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-
-    def socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM):
-        """A socket of this namespace."""
-        return self.call(socket.socket, family, type)
-
-    def connect(self, address, timeout=10.0):
-        """A TCP connection made from this namespace (as root: not intercepted by uid)."""
-        return self.call(socket.create_connection, address, timeout)
-
-    def listen(self, address, backlog=128):
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = self.socket(family)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def wait_for_port(self, host, port, timeout=10.0, proc=None):
-        """Waits until host:port accepts connections inside the namespace."""
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError("process exited with %s before listening" % proc.returncode)
-            try:
-                self.connect((host, port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("%s:%d is not accepting connections in %s"
-                                       % (host, port, self.name))
-                time.sleep(0.05)
-
-
-def _kill_group(proc):
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def veth_pair(ns_a, ns_b, addr_a, addr_b):
-    """A veth pair between two namespaces (created inside them, never on the host), both ends
-    up. `addr_a`/`addr_b`: an address with prefix ("10.200.0.1/24") or a list of them.
-    IPv6 addresses are added with `nodad`, and each end gets a permanent neighbour entry for
-    the other's IPv6 addresses: on a link that just came up the first neighbour solicitation
-    goes unanswered and the first connection waits a 1 s retransmit, longer than the
-    sidecar's default connect timeout. Returns (dev_a, dev_b)."""
-    tag = secrets.token_hex(3)
-    dev_a, dev_b = "vsc%sa" % tag, "vsc%sb" % tag
-    _check(["ip", "link", "add", dev_a, "netns", ns_a.name, "type", "veth",
-            "peer", "name", dev_b, "netns", ns_b.name])
-    addrs = {}
-    for ns, dev, given in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
-        addrs[dev] = [given] if isinstance(given, str) else list(given)
-        for addr in addrs[dev]:
-            ns.ip("addr", "add", addr, "dev", dev, *(["nodad"] if ":" in addr else []))
-        ns.ip("link", "set", dev, "up")
-    for ns, dev, peer_ns, peer_dev in ((ns_a, dev_a, ns_b, dev_b), (ns_b, dev_b, ns_a, dev_a)):
-        mac = json.loads(peer_ns.ip("-j", "link", "show", "dev", peer_dev).stdout)[0]["address"]
-        for addr in addrs[peer_dev]:
-            if ":" in addr:
-                ns.ip("neigh", "replace", addr.split("/")[0], "lladdr", mac, "dev", dev,
-                      "nud", "permanent")
-    return dev_a, dev_b
-
-
-# -- iptables interception inside a namespace -----------------------------------------------
-
-def _tables(ip_versions):
-    return [{4: "iptables", 6: "ip6tables"}[v] for v in ip_versions]
-
-
-def redirect_outbound(ns, to_port, uid=APP_UID, exclude_ports=(), ip_versions=(4,),
-                      chain="SC_OUTBOUND"):
-    """Outbound TCP of `uid` in `ns` is REDIRECTed to local port `to_port` (the sidecar's
-    outbound listener), except to destination ports in `exclude_ports`. The sidecar runs as
-    another user, so its own upstream connections are never captured."""
-    for tool in _tables(ip_versions):
-        ns.run([tool, "-w", "-t", "nat", "-N", chain])
-        for port in exclude_ports:
-            ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "--dport", str(port),
-                    "-j", "RETURN"])
-        ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "-j", "REDIRECT",
-                "--to-ports", str(to_port)])
-        ns.run([tool, "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "owner",
-                "--uid-owner", str(uid), "-j", chain])
-
-
-def redirect_inbound(ns, interface, to_port, exclude_ports=(), ip_versions=(4,),
-                     chain="SC_INBOUND"):
-    """TCP arriving on `interface` in `ns` is REDIRECTed to local port `to_port` (the sidecar's
-    inbound listener), except to destination ports in `exclude_ports`."""
-    for tool in _tables(ip_versions):
-        ns.run([tool, "-w", "-t", "nat", "-N", chain])
-        for port in exclude_ports:
-            ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "--dport", str(port),
-                    "-j", "RETURN"])
-        ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "-j", "REDIRECT",
-                "--to-ports", str(to_port)])
-        ns.run([tool, "-w", "-t", "nat", "-A", "PREROUTING", "-i", interface, "-p", "tcp",
-                "-j", chain])
+def redirect_outbound(ns, to_port, uid=APP_UID, **kw):
+    """Outbound TCP of the app's user in `ns` REDIRECTed to `to_port` (see
+    sidecar.netns_topology.redirect_outbound)."""
+    return _topology.redirect_outbound(ns, to_port, uid, **kw)
 
 
 # -- the real sidecar inside a namespace ------------------------------------------------------
