@@ -69,11 +69,14 @@ class OutboundRouter:
         pool = self.pools.get(key)
         if pool is None:
             if svc is not None:
+                max_idle = svc.pool_max_idle
+                if max_idle is None:
+                    max_idle = svc.circuit_breaker.max_connections
                 pool = EndpointPool(self.loop, host, port, self.limits,
-                                    svc.circuit_breaker.max_connections, svc.pool_max_idle,
+                                    svc.circuit_breaker.max_connections, max_idle,
                                     svc.timeouts.idle, svc.timeouts.connect)
             else:
-                pool = EndpointPool(self.loop, host, port, self.limits, 1024, 64,
+                pool = EndpointPool(self.loop, host, port, self.limits, 1024, 1024,
                                     self.idle_timeout, self.connect_timeout)
             self.pools[key] = pool
         return pool

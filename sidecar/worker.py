@@ -77,7 +77,7 @@ class Snapshot:
         else:
             app_host, app_port = cfg.inbound.app
             self.app_pool = EndpointPool(worker.loop, app_host, app_port, self.limits,
-                                         1024, 256, lim.upstream_idle_timeout, lim.connect_timeout)
+                                         1024, 1024, lim.upstream_idle_timeout, lim.connect_timeout)
         self.app_key = app_key
         self.router = OutboundRouter(worker.loop, self.limits, cfg.services,
                                      lim.connect_timeout, lim.upstream_idle_timeout)

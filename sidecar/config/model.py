@@ -119,7 +119,9 @@ class Service:
     outlier_detection: Optional[OutlierDetection] = None
     health_check: Optional[HealthCheck] = None
     tls: ServiceTLS = field(default_factory=ServiceTLS)
-    pool_max_idle: int = 64                # idle upstream connections kept per endpoint
+    # Idle upstream connections kept per endpoint; None: as many as max_connections. A
+    # smaller cap makes closed-loop load over many connections reconnect all the time.
+    pool_max_idle: Optional[int] = None
 
 
 @dataclass

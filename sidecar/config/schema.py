@@ -246,7 +246,9 @@ SERVICE = Section([
     Field("outlier_detection", OUTLIER_DETECTION, "default: off"),
     Field("health_check", HEALTH_CHECK, "default: off"),
     Field("tls", Section([Field("mode", Enum("disable", "simple", "mutual"))], ServiceTLS)),
-    Field("pool_max_idle", Int(0), "idle upstream connections kept per endpoint"),
+    Field("pool_max_idle", Int(0), "idle upstream connections kept per endpoint (default: "
+          "up to circuit_breaker.max_connections; idle ones close after timeouts.idle)",
+          default=None),
 ], Service)
 
 # --- routes ------------------------------------------------------------------------------

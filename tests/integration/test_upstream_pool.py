@@ -88,6 +88,38 @@ def test_connection_used_more_often_than_idle_timeout_is_kept():
         assert app.connections == 1 and app.closed_at == {}
 
 
+def test_many_concurrent_client_connections_keep_their_upstream_connections():
+    """Closed-loop load over more keep-alive connections than a small idle cap: when all
+    responses end at once, every upstream connection goes idle together, and the next
+    round must find them all again instead of reconnecting (connection churn makes a
+    mesh of two sidecars fail under 256-connection load)."""
+    clients, rounds = 120, 3
+    barrier = threading.Barrier(clients)
+
+    def slow(srv, path, number, nth, conn):
+        time.sleep(0.2)        # every client's request is in flight at the same time
+        conn.sendall(ok())
+
+    with KeepAliveUpstream(slow) as app, SidecarProcess(extra=_service(app)) as sc:
+        statuses = []
+
+        def client():
+            with RawClient(sc.outbound) as c:
+                for i in range(rounds):
+                    barrier.wait(10)
+                    c.send(b"GET /r%d HTTP/1.1\r\nHost: svc.local\r\n\r\n" % i)
+                    statuses.append(c.read_response()[0])
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert statuses == [200] * (clients * rounds)
+        assert app.max_active == clients
+        assert app.connections == clients, "upstream connections were closed and reopened"
+
+
 # --- idle eviction --------------------------------------------------------------------------------
 
 def test_idle_upstream_connection_is_closed_after_upstream_idle_timeout():
