@@ -1,18 +1,17 @@
-"""Network namespaces for the integration tests: pods, veth pairs, the real sidecar inside a
-pod, and iptables REDIRECT interception.
+"""Network namespaces for the integration tests: pods, veth pairs, and the real sidecar
+inside a pod, intercepting the pod's traffic in its own mode (iptables or eBPF).
 
 Kernel hygiene (DESIGN.md): everything here happens inside namespaces this module creates.
-Veth pairs are created directly inside their two namespaces (never on the host), firewall
-rules are added inside a namespace only, and leaving a `Netns` block kills every process
-still in the namespace, deletes its interfaces and the namespace itself, also when the test
-failed.
+Veth pairs are created directly inside their two namespaces (never on the host), the
+sidecar installs its interception inside its pod only, and leaving a `Netns` block kills
+every process still in the namespace, deletes its interfaces and the namespace itself,
+also when the test failed.
 
-    with Netns() as client, Netns() as server:
-        veth_pair(client, server, ["10.200.0.1/24", "fd00:200::1/64"],
-                  ["10.200.0.2/24", "fd00:200::2/64"])
-        redirect_outbound(client, 15001, uid=APP_UID)
-        with NetnsSidecar(client) as sc:
-            client.run(as_app(["python3", "-c", "..."]))
+    with Netns() as client, Netns() as server, Cgroup() as app, Cgroup() as sc_cg:
+        dev, _ = veth_pair(client, server, ["10.200.0.1/24", "fd00:200::1/64"],
+                           ["10.200.0.2/24", "fd00:200::2/64"])
+        with NetnsSidecar(client, mode="ebpf", app_cgroup=app, cgroup=sc_cg, interface=dev):
+            run_app_python(client, "...", cgroup=app)
 
 Commands run through `nsenter --net=/var/run/netns/NAME`, not `ip netns exec`, so they keep
 the host's /sys (cgroup v2 mount, bpffs). Sockets the test process itself needs inside a
@@ -61,11 +60,12 @@ def as_app(cmd, uid=APP_UID):
     return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--"] + list(cmd)
 
 
-def run_app_python(ns, script, *args, input=b"", timeout=15.0, uid=APP_UID):
-    """Runs a Python snippet in `ns` as the app's user (system python3, isolated mode, cwd /)
-    with `args` in sys.argv[1:] and `input` on stdin; returns its stdout parsed as JSON."""
+def run_app_python(ns, script, *args, input=b"", timeout=15.0, uid=APP_UID, cgroup=None):
+    """Runs a Python snippet in `ns` (and in `cgroup`, the app's) as the app's user (system
+    python3, isolated mode, cwd /) with `args` in sys.argv[1:] and `input` on stdin;
+    returns its stdout parsed as JSON."""
     cmd = as_app([APP_PYTHON, "-I", "-c", script] + [str(a) for a in args], uid=uid)
-    r = ns.run(cmd, check=False, timeout=timeout, input=input, text=False, cwd="/")
+    r = ns.run(cmd, check=False, timeout=timeout, input=input, text=False, cwd="/", cgroup=cgroup)
     if r.returncode != 0:
         raise CommandError("app script in %s failed (exit %d):\n%s" % (
             ns.name, r.returncode, r.stderr.decode(errors="replace")))
@@ -131,26 +131,30 @@ class Netns:
 
     # -- commands inside the namespace ------------------------------------------------------
 
-    def command(self, cmd):
-        return ["nsenter", "--net=" + self.path, "--"] + list(cmd)
-
     def ip(self, *args):
         return _check(["ip", "-n", self.name] + list(args))
 
-    def run(self, cmd, check=True, timeout=30, **kw):
+    def command(self, cmd, cgroup=None):
+        """`cmd` run in this namespace (and first moved into `cgroup`, a Cgroup, if given:
+        the cgroup is joined before nsenter, which keeps the host's /sys)."""
+        cmd = ["nsenter", "--net=" + self.path, "--"] + list(cmd)
+        return cgroup.command(cmd) if cgroup is not None else cmd
+
+    def run(self, cmd, check=True, timeout=30, cgroup=None, **kw):
         """Runs `cmd` in the namespace to completion; text output captured by default."""
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
-        r = subprocess.run(self.command(cmd), timeout=timeout, **kw)
+        r = subprocess.run(self.command(cmd, cgroup), timeout=timeout, **kw)
         if check and r.returncode != 0:
             raise CommandError("in %s: %s: exit %d: %s" % (
                 self.name, " ".join(cmd), r.returncode, (r.stderr or r.stdout or "").strip()))
         return r
 
-    def popen(self, cmd, **kw):
-        """Starts `cmd` in the namespace in its own process group; killed on exit."""
+    def popen(self, cmd, cgroup=None, **kw):
+        """Starts `cmd` in the namespace (and `cgroup`) in its own process group; killed on
+        exit."""
         kw.setdefault("start_new_session", True)
-        proc = subprocess.Popen(self.command(cmd), **kw)
+        proc = subprocess.Popen(self.command(cmd, cgroup), **kw)
         self.procs.append(proc)
         return proc
 
@@ -254,43 +258,6 @@ def veth_pair(ns_a, ns_b, addr_a, addr_b):
     return dev_a, dev_b
 
 
-# -- iptables interception inside a namespace -----------------------------------------------
-
-def _tables(ip_versions):
-    return [{4: "iptables", 6: "ip6tables"}[v] for v in ip_versions]
-
-
-def redirect_outbound(ns, to_port, uid=APP_UID, exclude_ports=(), ip_versions=(4,),
-                      chain="SC_OUTBOUND"):
-    """Outbound TCP of `uid` in `ns` is REDIRECTed to local port `to_port` (the sidecar's
-    outbound listener), except to destination ports in `exclude_ports`. The sidecar runs as
-    another user, so its own upstream connections are never captured."""
-    for tool in _tables(ip_versions):
-        ns.run([tool, "-w", "-t", "nat", "-N", chain])
-        for port in exclude_ports:
-            ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "--dport", str(port),
-                    "-j", "RETURN"])
-        ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "-j", "REDIRECT",
-                "--to-ports", str(to_port)])
-        ns.run([tool, "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "owner",
-                "--uid-owner", str(uid), "-j", chain])
-
-
-def redirect_inbound(ns, interface, to_port, exclude_ports=(), ip_versions=(4,),
-                     chain="SC_INBOUND"):
-    """TCP arriving on `interface` in `ns` is REDIRECTed to local port `to_port` (the sidecar's
-    inbound listener), except to destination ports in `exclude_ports`."""
-    for tool in _tables(ip_versions):
-        ns.run([tool, "-w", "-t", "nat", "-N", chain])
-        for port in exclude_ports:
-            ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "--dport", str(port),
-                    "-j", "RETURN"])
-        ns.run([tool, "-w", "-t", "nat", "-A", chain, "-p", "tcp", "-j", "REDIRECT",
-                "--to-ports", str(to_port)])
-        ns.run([tool, "-w", "-t", "nat", "-A", "PREROUTING", "-i", interface, "-p", "tcp",
-                "-j", chain])
-
-
 # -- the real sidecar inside a namespace ------------------------------------------------------
 
 def _merge(base, extra):
@@ -302,6 +269,11 @@ def _merge(base, extra):
     return base
 
 
+def _admin_address(config):
+    host, _, port = config["admin"]["listen"].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _fmt(address):
     host, port = address
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
@@ -311,17 +283,29 @@ class NetnsSidecar:
     """`python -m sidecar.cli run -c FILE` inside a namespace, configured like
     `tests.support.sidecar_process.SidecarProcess` (the ports are the pod's own, so Istio's
     defaults are used). `.inbound`, `.outbound`: listener addresses; `.log()`: its output.
-    `extra` is merged into the config dict key by key."""
+
+    `mode` is interception.mode; `app_cgroup` (a Cgroup) is interception.cgroup, and
+    `cgroup` (a Cgroup) the one the sidecar runs in (eBPF mode refuses the root cgroup);
+    `interface` the pod interface. `extra` is merged into the config dict key by key.
+    `start()` returns once /readyz answers 200 (the kernel side attached), unless told not
+    to wait."""
 
     def __init__(self, ns, inbound=("0.0.0.0", 15006), outbound=("127.0.0.1", 15001),
-                 app=("127.0.0.1", 8080), workers=1, extra=None):
+                 app=("127.0.0.1", 8080), workers=1, extra=None, mode="iptables",
+                 app_cgroup=None, cgroup=None, interface=None):
         self.ns = ns
         self.inbound = tuple(inbound)
         self.outbound = tuple(outbound)
+        self.cgroup = cgroup
+        interception = {"mode": mode}
+        if app_cgroup is not None:
+            interception["cgroup"] = app_cgroup.path
+        if interface is not None:
+            interception["interface"] = interface
         self.config = _merge({
             "workers": workers,
             "drain_timeout": "2s",
-            "interception": {"mode": "iptables"},
+            "interception": interception,
             "inbound": {"listen": _fmt(self.inbound), "app": _fmt(app)},
             "outbound": {"listen": _fmt(self.outbound)},
             "admin": {"listen": "127.0.0.1:15000"},
@@ -337,20 +321,69 @@ class NetnsSidecar:
         self.proc = None
         self._log = None
 
-    def start(self, timeout=15.0):
-        with open(self.config_path, "w") as f:
+    def write_config(self):
+        """Writes the config atomically (the sidecar's file watch never sees half a file)."""
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
             yaml.safe_dump(self.config, f)
+        os.replace(tmp, self.config_path)
+
+    def spawn(self):
+        """Starts the process and returns it, without waiting for anything."""
+        self.write_config()
         self._log = open(self.log_path, "wb")
         self.proc = self.ns.popen([sys.executable, "-m", "sidecar.cli", "run", "-c",
-                                   self.config_path],
+                                   self.config_path], cgroup=self.cgroup,
                                   cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        return self.proc
+
+    def start(self, timeout=15.0, wait_ready=True):
+        self.spawn()
         try:
             self.ns.wait_for_port(*self.inbound, timeout=timeout, proc=self.proc)
             self.ns.wait_for_port(*self.outbound, timeout=timeout, proc=self.proc)
+            if wait_ready:
+                self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise RuntimeError("sidecar did not start in %s:\n%s" % (self.ns.name, self.log()))
         return self
+
+    def admin(self, path, method="GET"):
+        """(status, body text) of an admin API call, made inside the namespace."""
+        import http.client
+        host, port = _admin_address(self.config)
+
+        def call():
+            c = http.client.HTTPConnection(host, port, timeout=5)
+            try:
+                c.request(method, path)
+                r = c.getresponse()
+                return r.status, r.read().decode(errors="replace")
+            finally:
+                c.close()
+        return self.ns.call(call)
+
+    def stats(self):
+        status, body = self.admin("/stats")
+        assert status == 200, body
+        return json.loads(body)
+
+    def wait_ready(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("sidecar exited with %s" % self.proc.returncode)
+            try:
+                last = self.admin("/readyz")
+                if last[0] == 200:
+                    return last[1]
+            except OSError as e:
+                last = e
+            if time.monotonic() > deadline:
+                raise TimeoutError("sidecar not ready after %gs: %s" % (timeout, last))
+            time.sleep(0.05)
 
     def stop(self, timeout=10.0):
         """SIGTERM (drain), then SIGKILL of the whole group. Returns the exit code."""
