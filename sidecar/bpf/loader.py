@@ -31,6 +31,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -67,18 +68,29 @@ class CapturedStderr:
         self.file.close()
 
 
+_VERIFIER_SUMMARY = ("processed ", "verification time", "stack depth", "HINT:", "bpf: Failed",
+                     "-- END PROG LOAD LOG --")
+_INSN = re.compile(r"^\d+: \(|^;|^from \d+ to \d+|^Validating |^Func#|^func#|^last_idx|^regs=|^parent ")
+
+
 def _first_error(text: str, fallback: str) -> str:
-    """The most telling line of a compiler or verifier log."""
+    """The telling part of a compiler or verifier log, on one line: clang's first error,
+    or the verifier's verdict (the lines after the last instruction it walked, before its
+    summary)."""
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     for line in lines:
         if "error:" in line:
             return line
-    # The verifier's reason is the last line before its summary ("processed N insns").
+    verdict = []
     for line in reversed(lines):
-        if not line.startswith(("processed ", "verification time", "stack depth", "HINT:",
-                                "bpf: Failed", "-- END PROG LOAD LOG --")):
-            return line
-    return fallback
+        if line.startswith(_VERIFIER_SUMMARY):
+            if verdict:
+                break
+            continue
+        if _INSN.match(line):
+            break
+        verdict.insert(0, line)
+    return "; ".join(verdict) if verdict else fallback
 
 
 class Loader:
@@ -168,7 +180,8 @@ class Loader:
                     failure = None
             if failure is not None:
                 raise Refusal(EXIT_UNAVAILABLE, "cannot compile %s: %s" % (
-                    family.source, _first_error(err.text, str(failure))))
+                    family.source, _first_error(err.text, str(failure)).replace(
+                        "/virtual/main.c", family.source)))
             self.timings["compile"][family.source] = round(time.monotonic() - t, 4)
             self.modules.append(module)
             for prog in family.programs:

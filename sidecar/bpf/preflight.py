@@ -26,6 +26,7 @@ CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 CAP_BPF = 39
 PROC_PID_INIT_INO = 0xEFFFFFFC      # include/linux/proc_ns.h: the initial pid namespace
+PROC_NET_INIT_INO = 0xEFFFFFF9      # the initial network namespace, on kernels that fix it
 
 
 class Refusal(Exception):
@@ -93,13 +94,20 @@ def _inside(path: str, parent: str) -> bool:
 
 
 def _in_host_netns() -> bool:
-    """True when this process shares the network namespace of the host's init. Only
-    decidable from the initial pid namespace (elsewhere pid 1 is not the host's init,
-    and the sidecar is in a container anyway)."""
+    """True when this process is in the host's (the initial) network namespace. Recent
+    kernels give it a fixed inode; on others kthreadd (pid 2 of the initial pid
+    namespace, always in the initial network namespace) tells. From any other pid
+    namespace the sidecar runs in a container, and cannot see the host's anyway."""
     try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+        if mine == PROC_NET_INIT_INO:
+            return True
         if os.stat("/proc/self/ns/pid").st_ino != PROC_PID_INIT_INO:
             return False
-        return os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
+        with open("/proc/2/comm") as f:
+            if f.read().strip() != "kthreadd":
+                return False
+        return mine == os.stat("/proc/2/ns/net").st_ino
     except OSError:
         return False
 

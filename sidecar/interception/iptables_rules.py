@@ -146,7 +146,7 @@ def _run(cmd, input_text=None) -> str:
         raise IptablesError("%s did not answer in %gs" % (cmd[0], TIMEOUT))
     if r.returncode != 0:
         err = (r.stderr or r.stdout).strip().splitlines()
-        raise IptablesError("%s: %s" % (" ".join(cmd[:2]), err[-1] if err else "exit %d" % r.returncode))
+        raise IptablesError("%s: %s" % (cmd[0], err[-1] if err else "exit %d" % r.returncode))
     return r.stdout
 
 

@@ -286,14 +286,17 @@ class NetnsSidecar:
 
     `mode` is interception.mode; `app_cgroup` (a Cgroup) is interception.cgroup, and
     `cgroup` (a Cgroup) the one the sidecar runs in (eBPF mode refuses the root cgroup);
-    `interface` the pod interface. `extra` is merged into the config dict key by key.
+    `interface` the pod interface. `extra` is merged into the config dict key by key;
+    `prefix` goes before the command (inside the namespace), `env` adds to its environment.
     `start()` returns once /readyz answers 200 (the kernel side attached), unless told not
     to wait."""
 
     def __init__(self, ns, inbound=("0.0.0.0", 15006), outbound=("127.0.0.1", 15001),
                  app=("127.0.0.1", 8080), workers=1, extra=None, mode="iptables",
-                 app_cgroup=None, cgroup=None, interface=None):
+                 app_cgroup=None, cgroup=None, interface=None, prefix=(), env=None):
         self.ns = ns
+        self.prefix = list(prefix)     # e.g. setpriv dropping capabilities
+        self.env = env
         self.inbound = tuple(inbound)
         self.outbound = tuple(outbound)
         self.cgroup = cgroup
@@ -332,8 +335,9 @@ class NetnsSidecar:
         """Starts the process and returns it, without waiting for anything."""
         self.write_config()
         self._log = open(self.log_path, "wb")
-        self.proc = self.ns.popen([sys.executable, "-m", "sidecar.cli", "run", "-c",
-                                   self.config_path], cgroup=self.cgroup,
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = self.ns.popen(self.prefix + [sys.executable, "-m", "sidecar.cli", "run", "-c",
+                                                 self.config_path], cgroup=self.cgroup, env=env,
                                   cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         return self.proc
 
