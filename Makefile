@@ -16,6 +16,7 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.management
+	$(PY) -m benchmarks.loader
 
 bench-management: setup
 	$(PY) -m benchmarks.management $(BENCH_ARGS)
