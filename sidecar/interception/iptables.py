@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from sidecar.bpf import EXIT_CONFIG
 from sidecar.bpf.state import default_instance
 from sidecar.interception import Interception, InterceptionHook
 from sidecar.interception.iptables_rules import IptablesError, IptablesRules, chain_names, rule_plan
+from sidecar.interception.ports import excluded_inbound_ports, excluded_outbound_ports
 
 log = logging.getLogger("sidecar.interception.iptables")
 
@@ -61,17 +63,16 @@ class IptablesInterception(Interception):
         log.info("iptables interception removed (instance %s)", self.instance)
 
     def check_config(self, cfg):
-        try:
-            rule_plan(cfg, self.instance)
-        except IptablesError as e:
-            raise ValueError(e.reason)
+        """Nothing to refuse: the ports are valid, and what else changes waits for a restart."""
 
     def apply_config(self, cfg):
+        """Only the exclusions change in place (the rest of interception needs a restart)."""
         old = self.cfg
         self.cfg = cfg
         if self.state != "active":
             return
-        plan = rule_plan(cfg, self.instance)
+        plan = replace(self.rules.plan, exclude_outbound=excluded_outbound_ports(cfg),
+                       exclude_inbound=excluded_inbound_ports(cfg))
         if (plan.exclude_outbound, plan.exclude_inbound) != (self.rules.plan.exclude_outbound,
                                                              self.rules.plan.exclude_inbound):
             try:

@@ -69,17 +69,31 @@ def chain_names(instance: str):
     return "SC-OUT-" + tag, "SC-IN-" + tag
 
 
+def _app_cgroup_path(cgroup: str) -> str:
+    """interception.cgroup as xt_cgroup's --path (from the hierarchy's root), refused when
+    it would also match the sidecar (the root cgroup, or one holding the sidecar's)."""
+    from sidecar.bpf.preflight import cgroup2_mount, own_cgroup
+    mount = cgroup2_mount()
+    if mount is None:
+        raise IptablesError("no cgroup v2 hierarchy mounted for interception.cgroup")
+    app = os.path.normpath(cgroup)
+    if not os.path.isdir(app):
+        raise IptablesError("interception.cgroup %s does not exist" % app, unavailable=False)
+    rel = os.path.relpath(app, mount)
+    if rel.startswith(".."):
+        raise IptablesError("interception.cgroup %s is not under the cgroup v2 mount %s"
+                            % (app, mount), unavailable=False)
+    mine = own_cgroup(mount) or mount
+    if rel == "." or mine == app or mine.startswith(app.rstrip("/") + "/"):
+        raise IptablesError("interception.cgroup %s holds the sidecar's own cgroup %s: its own "
+                            "connections would be redirected" % (app, mine), unavailable=False)
+    return "/" + rel
+
+
 def rule_plan(cfg, instance: str) -> RulePlan:
-    from sidecar.bpf.preflight import cgroup2_mount
     from sidecar.interception.ports import excluded_inbound_ports, excluded_outbound_ports
     ic = cfg.interception
-    app = None
-    if ic.cgroup:
-        mount = cgroup2_mount() or "/sys/fs/cgroup"
-        app = "/" + os.path.relpath(os.path.normpath(ic.cgroup), mount).lstrip("/")
-        if app.startswith("/.."):
-            raise IptablesError("interception.cgroup %s is not under the cgroup v2 mount %s"
-                                % (ic.cgroup, mount), unavailable=False)
+    app = _app_cgroup_path(ic.cgroup) if ic.cgroup else None
     return RulePlan(instance=instance, outbound_port=cfg.outbound.listen[1],
                     inbound_port=cfg.inbound.listen[1], app_cgroup=app, sidecar_uid=os.getuid(),
                     interface=ic.interface, exclude_outbound=excluded_outbound_ports(cfg),

@@ -332,6 +332,8 @@ def test_stats_metrics_and_readyz_show_the_interception(pods):
                                       "inbound": sorted([15000, 15021, 15090, EXCLUDED_IN])}
     else:
         assert info["redirected"]["outbound"] >= 1 and info["redirected"]["inbound"] >= 1
+    shown = sc.ns.run([sys.executable, "-m", "sidecar.cli", "stats"], cwd=ROOT).stdout
+    assert "interception: %s active" % mode in shown, shown
     _, metrics = sc.ns.call(_get_metrics)
     for direction in ("outbound", "inbound"):
         line = [l for l in metrics.splitlines() if l.startswith("sidecar_kernel_redirects_total{")

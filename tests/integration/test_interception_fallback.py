@@ -1,7 +1,7 @@
 """Where the kernel refuses interception, `interception.fail` decides, and really does:
 `open` runs the proxy without interception (the app's traffic flows direct, the listeners
 serve, /readyz and /stats say why), `closed` refuses to start with the reason. Nothing is
-left in the kernel either way.
+left in the kernel either way. Unsafe configuration is refused whatever `fail` says.
 
 Refusals are real, not simulated in the sidecar's code: the sidecar run without any
 capability (`setpriv --inh-caps=-all --bounding-set=-all`: bpf(2) and iptables are both
@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from sidecar.bpf import EXIT_UNAVAILABLE
+from sidecar.bpf import EXIT_CONFIG, EXIT_UNAVAILABLE
 from tests.conftest import require_privileges
 from tests.support.cgroups import Cgroup
 from tests.support.kernel_state import ebpf_leftovers, iptables_leftovers
@@ -158,3 +158,35 @@ def test_verifier_refusal_with_fail_open_runs_without_interception(pod, unloadab
         info = _check_runs_without_interception(
             pod, sc, "ebpf", r"the kernel refused sc_inbound \(inbound_steer\.c\): invalid access to packet")
     assert _leftovers(pod, "ebpf", info["instance"]) == []
+
+
+# -- unsafe configuration: refused in every mode, whatever interception.fail says ------------
+
+def test_ebpf_mode_refuses_a_sidecar_in_the_root_cgroup(pod):
+    sc = NetnsSidecar(pod["ns"], mode="ebpf", app_cgroup=pod["app_cg"], cgroup=None,
+                      interface=pod["dev"], extra={"interception": {"fail": "open"}})
+    proc = sc.spawn()
+    try:
+        code = proc.wait(30)
+    finally:
+        sc.stop()
+    assert code == EXIT_CONFIG, sc.log()
+    assert "ebpf interception refused: the sidecar runs in the root cgroup" in sc.log()
+    assert _leftovers(pod, "ebpf", "default-app-%d" % os.stat(pod["ns"].path).st_ino) == []
+
+
+def test_iptables_mode_refuses_an_app_cgroup_that_holds_the_sidecar(pod):
+    inner = Cgroup()
+    inner.path = os.path.join(pod["app_cg"].path, "sidecar")
+    with inner:
+        sc = NetnsSidecar(pod["ns"], mode="iptables", app_cgroup=pod["app_cg"], cgroup=inner,
+                          interface=pod["dev"], extra={"interception": {"fail": "open"}})
+        proc = sc.spawn()
+        try:
+            code = proc.wait(30)
+        finally:
+            sc.stop()
+    assert code == EXIT_CONFIG, sc.log()
+    assert re.search("iptables interception refused: interception.cgroup %s holds the sidecar's own "
+                     "cgroup" % pod["app_cg"].path, sc.log()), sc.log()
+    assert _leftovers(pod, "iptables", None) == []

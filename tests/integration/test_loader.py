@@ -20,7 +20,7 @@ from sidecar.bpf.programs import Plan
 from tests.conftest import require_privileges
 from tests.support.cgroups import CGROUP_ROOT, Cgroup
 from tests.support.kernel_state import cgroup_programs
-from tests.support.netns import ROOT, Netns, NetnsSidecar, veth_pair
+from tests.support.netns import ROOT, Netns, veth_pair
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
@@ -183,17 +183,3 @@ def test_print_c_shows_the_c_as_compiled_and_leaves_nothing(pod):
     assert "int sc_inbound(struct __sk_buff *skb)" in r.stderr
     assert "-D SC_OUT_PORT=15001" in r.stderr           # the clang command line
     assert [n for n in os.listdir(BPFFS_ROOT) if n.startswith("print-c-")] == []
-
-
-def test_the_manager_refuses_to_start_where_the_loader_refuses(pod):
-    """A sidecar left in the root cgroup: EXIT_CONFIG, whatever interception.fail says."""
-    sc = NetnsSidecar(pod["ns"], mode="ebpf", app_cgroup=pod["app_cg"], cgroup=None,
-                      interface=pod["dev"], extra={"interception": {"fail": "open"}})
-    proc = sc.spawn()
-    try:
-        code = proc.wait(30)
-    finally:
-        sc.stop()
-    assert code == EXIT_CONFIG, sc.log()
-    assert "ebpf interception refused: the sidecar runs in the root cgroup" in sc.log()
-    assert cgroup_programs(pod["app_cg"].path) == []
