@@ -42,7 +42,7 @@ from sidecar.bpf import config_maps
 from sidecar.bpf.cleanup import remove_instance
 from sidecar.bpf.layout import ATTACH_TYPE_NAMES
 from sidecar.bpf.preflight import Refusal, run_all
-from sidecar.bpf.programs import BPF_DIR, Plan, cflags_for, plan_from_config, wanted_families
+from sidecar.bpf.programs import BPF_DIR, TARGETS, Plan, cflags_for, plan_from_config, wanted_families
 from sidecar.bpf.state import (
     instance_dir, links_dir, maps_dir, owner_liveness, owner_record, read_owner, write_owner)
 
@@ -205,15 +205,12 @@ class Loader:
     # -- 5. attach ---------------------------------------------------------------------------------
 
     def attach(self, programs, targets) -> list:
+        """Attaches each program with a bpf link to its target (in FAMILIES order, so
+        programs sharing a tcx hook run in that order: each link is appended) and pins
+        the link as links/<function>."""
         out = []
         for family, prog, prog_fd in programs:
-            if prog.target == "interface":
-                where, target = targets.interface, targets.ifindex
-                target_fd = None
-            else:
-                where = targets.app_cgroup if prog.target == "app_cgroup" else targets.sidecar_cgroup
-                target_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
-                target = target_fd
+            where, target, owned_fd = _TARGETS[prog.target](targets)
             try:
                 link = syscall.link_create(prog_fd, target, prog.attach_type)
             except OSError as e:
@@ -223,8 +220,8 @@ class Loader:
                     reason += " (the kernel lacks %s)" % family.kernel
                 raise Refusal(EXIT_UNAVAILABLE, reason)
             finally:
-                if target_fd is not None:
-                    os.close(target_fd)
+                if owned_fd is not None:
+                    os.close(owned_fd)
             try:
                 syscall.obj_pin(link, os.path.join(links_dir(self.path), prog.function))
             finally:
@@ -232,6 +229,22 @@ class Loader:
             out.append({"function": prog.function, "family": family.name,
                         "attach_type": ATTACH_TYPE_NAMES.get(prog.attach_type), "target": where})
         return out
+
+
+def _cgroup_target(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    return path, fd, fd
+
+
+# programs.TARGETS -> resolver(targets) -> (what to call it, BPF_LINK_CREATE target, an fd
+# to close afterwards or None). A new kind of attach point (a sockhash for sk_msg or
+# sk_skb programs) is one more entry here and in programs.TARGETS.
+_TARGETS = {
+    "app_cgroup": lambda t: _cgroup_target(t.app_cgroup),
+    "sidecar_cgroup": lambda t: _cgroup_target(t.sidecar_cgroup),
+    "interface": lambda t: (t.interface, t.ifindex, None),
+}
+assert set(_TARGETS) == set(TARGETS)
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 one place that turns a load plan into the -D flags of the C code.
 
 A family is one bpf/*.c file. Adding one (counters, kernel policy, local-hop acceleration,
-splice) is: the C file, one `Family(...)` entry in FAMILIES naming its programs and their
-attach points, and, when its maps take values from config, an entry in
+splice) is: the C file (its maps in bpf/lib/sidecar_maps.h, mirrored in layout.MAPS), one
+`Family(...)` entry in FAMILIES naming its programs and their attach points, and, when its
+maps take values from config, the Plan fields it needs (`plan_from_config`) and an entry in
 sidecar.bpf.config_maps. The loader, `sidecar bpf status` and `sidecar bpf cleanup` need no
-change: they walk FAMILIES and the instance directory.
+change: they walk FAMILIES and the instance directory. Programs sharing a tcx hook run in
+FAMILIES order (the loader appends each link), so a policy family that must drop before
+inbound steering goes before it. A program attached to a map (sk_msg, sk_skb on a
+sockhash) needs one more target kind: an entry in TARGETS and its resolver in the loader.
 
 Attach points (`Program.target`), resolved by the loader:
     app_cgroup      interception.cgroup: the app's cgroup v2 directory

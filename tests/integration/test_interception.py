@@ -330,6 +330,11 @@ def test_stats_metrics_and_readyz_show_the_interception(pods):
         assert info["counters"]["inbound_steered"] >= 1
         assert info["exclusions"] == {"outbound": [EXCLUDED_OUT],
                                       "inbound": sorted([15000, 15021, 15090, EXCLUDED_IN])}
+        # The loader did the bcc work and exited: no long-running process maps it.
+        pids = [sc.proc.pid] + [w["pid"] for w in sc.stats()["workers"]]
+        for pid in pids:
+            with open("/proc/%d/maps" % pid) as f:
+                assert "libbcc" not in f.read(), "pid %d has bcc loaded" % pid
     else:
         assert info["redirected"]["outbound"] >= 1 and info["redirected"]["inbound"] >= 1
     shown = sc.ns.run([sys.executable, "-m", "sidecar.cli", "stats"], cwd=ROOT).stdout
