@@ -150,7 +150,11 @@ class Loader:
 
     def claim(self, targets):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        os.mkdir(self.path)
+        try:
+            os.mkdir(self.path)
+        except FileExistsError:
+            raise Refusal(EXIT_CONFIG, "instance %s is being loaded by another process at the "
+                                       "same moment" % self.plan.instance)
         self.created = True
         os.mkdir(maps_dir(self.path))
         os.mkdir(links_dir(self.path))

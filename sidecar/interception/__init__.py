@@ -31,7 +31,8 @@ class Interception:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.state = "off"            # off | starting | active | fail_open | failed | stopped
+        # off | starting | active | fail_open | failed | stopped
+        self.state = "off" if self.mode == "off" else "starting"
         self.reason = None
         self.hook = None
 
