@@ -4,7 +4,9 @@ and replaces it; `sidecar bpf cleanup --stale` removes only instances whose owne
 a live owner's instance refuses a second sidecar and is never cleaned up from under it.
 
 What is left is checked with bpftool (links, programs, cgroup attachments), tc on the pod
-interface, iptables-save in the pod, and the bpffs directory.
+interface, iptables-save in the pod, and the bpffs directory. The ebpf cases take a few
+seconds each: every sidecar start runs the loader (bcc compiles the programs, ~1.5 s),
+and these tests need two starts.
 """
 import json
 import os
