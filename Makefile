@@ -19,6 +19,7 @@ bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 	$(PY) -m benchmarks.management
+	$(PY) -m benchmarks.loader
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)

@@ -52,7 +52,7 @@ def admin_routes(manager):
 
     def readyz(request):
         ready, checks = manager.readiness()
-        lines = ["%s: %s" % (name, "ok" if ok else why) for name, (ok, why) in checks.items()]
+        lines = ["%s: %s" % (name, "ok (%s)" % text if ok else text) for name, (ok, text) in checks.items()]
         return text_body(("ready" if ready else "not ready") + "\n" + "\n".join(lines),
                          200 if ready else 503)
 

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--url", help="stats URL (default: http://127.0.0.1:15000/stats)")
     stats.set_defaults(func=cmd_stats)
 
+    from sidecar.bpf.status import add_commands as add_bpf_commands
+    add_bpf_commands(sub)
+
     demo = sub.add_parser("demo", help="a sample app behind the sidecar, traffic, a summary")
     demo.add_argument("--duration", type=float, default=5.0)
     demo.add_argument("--connections", type=int, default=8)

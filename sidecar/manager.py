@@ -168,11 +168,13 @@ class Manager:
         self.log_level = cfg.log_level
         self.stats_lock = threading.Lock()
         self.retired = RetiredTotals()
-        # Filled by the kernel interception module (sidecar.bpf): readiness of the kernel
-        # state (a callable -> (ok, reason)), its metrics collectors, its ConfigHook.
+        # Filled by the interception of interception.mode (sidecar.interception): readiness
+        # of the kernel state (a callable -> (ok, text)), its metrics collectors, its
+        # ConfigHook; further kernel modules add theirs.
         self.kernel_readiness = None
         self.kernel_collectors = []
         self.config_hooks = []
+        self.interception = None
         self.loop = None
         self._stop = None
         self._wake = None
@@ -193,6 +195,9 @@ class Manager:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
+        from sidecar.interception import for_config
+        self.interception = for_config(self.cfg)
+        self.interception.register(self)
         try:
             self._start_servers()
         except OSError as e:
@@ -204,6 +209,16 @@ class Manager:
             w.start(self.cfg, self.generation, labels)
         self.applied_at = time.time()
         self.started = True
+        # The kernel side is set up while the workers start (the loader takes a second or
+        # two); /readyz waits for both. A refusal stops everything again.
+        refused = await self.interception.start()
+        if refused is not None:
+            self.draining = True
+            await self._stop_all(self.workers)
+            for server in self.servers:
+                server.stop()
+            log.error("cannot start: %s", self.interception.reason)
+            return refused
         log.info("sidecar %s/%s running with %d worker(s)", self.cfg.workload.namespace,
                  self.cfg.workload.name, len(self.workers))
         watch = self.loop.create_task(self._watch_config_file())
@@ -217,6 +232,7 @@ class Manager:
         watch.cancel()
         self.draining = True
         await self._stop_all(self.workers + self.retiring)
+        self.interception.stop()
         for server in self.servers:
             server.stop()
         log.info("sidecar stopped")
@@ -504,7 +520,8 @@ class Manager:
 
     def readiness(self):
         """(ready, {check: (ok, reason)}) for /readyz and the health probe."""
-        checks = {"config": (self.started and self.generation > 0, "no config loaded yet")}
+        loaded = self.started and self.generation > 0
+        checks = {"config": (loaded, "generation %d" % self.generation if loaded else "no config loaded yet")}
         if self.draining or (self._stop is not None and self._stop.is_set()):
             checks["listeners"] = (False, "draining")
         else:

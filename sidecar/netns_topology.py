@@ -25,6 +25,8 @@ import subprocess
 import threading
 import time
 
+from sidecar.bpf.preflight import cgroup2_mount
+
 __all__ = [
     "CGROUP2_ROOT",
     "Cgroup",
@@ -40,7 +42,8 @@ __all__ = [
 ]
 
 NETNS_DIR = "/var/run/netns"
-CGROUP2_ROOT = "/sys/fs/cgroup/unified"   # the cgroup v2 mount on these machines (DESIGN.md)
+# The cgroup v2 mount: /sys/fs/cgroup/unified on these machines (DESIGN.md).
+CGROUP2_ROOT = cgroup2_mount() or "/sys/fs/cgroup/unified"
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -123,26 +126,31 @@ class Netns:
 
     # -- commands inside the namespace ------------------------------------------------------
 
-    def command(self, cmd):
-        return ["nsenter", "--net=" + self.path, "--"] + list(cmd)
+    def command(self, cmd, cgroup=None):
+        """`cmd` run in this namespace (and first moved into `cgroup`, a Cgroup, if given:
+        the cgroup is joined before nsenter, which keeps the host's /sys)."""
+        cmd = ["nsenter", "--net=" + self.path, "--"] + list(cmd)
+        return in_cgroup(cmd, cgroup) if cgroup is not None else cmd
 
     def ip(self, *args):
         return check_command(["ip", "-n", self.name] + list(args))
 
-    def run(self, cmd, check=True, timeout=30, **kw):
-        """Runs `cmd` in the namespace to completion; text output captured by default."""
+    def run(self, cmd, check=True, timeout=30, cgroup=None, **kw):
+        """Runs `cmd` in the namespace (and `cgroup`) to completion; text output captured
+        by default."""
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
-        r = subprocess.run(self.command(cmd), timeout=timeout, **kw)
+        r = subprocess.run(self.command(cmd, cgroup), timeout=timeout, **kw)
         if check and r.returncode != 0:
             raise CommandError("in %s: %s: exit %d: %s" % (
                 self.name, " ".join(cmd), r.returncode, (r.stderr or r.stdout or "").strip()))
         return r
 
-    def popen(self, cmd, **kw):
-        """Starts `cmd` in the namespace in its own process group; killed on exit."""
+    def popen(self, cmd, cgroup=None, **kw):
+        """Starts `cmd` in the namespace (and `cgroup`) in its own process group; killed on
+        exit."""
         kw.setdefault("start_new_session", True)
-        proc = subprocess.Popen(self.command(cmd), **kw)
+        proc = subprocess.Popen(self.command(cmd, cgroup), **kw)
         self.procs.append(proc)
         return proc
 
@@ -311,6 +319,16 @@ class Cgroup:
         os.mkdir(self.path)
         self.created = True
         return self
+
+    @property
+    def relative(self):
+        """The path from the hierarchy's root, as xt_cgroup's --path and /proc/PID/cgroup
+        name it."""
+        return "/" + os.path.relpath(self.path, CGROUP2_ROOT)
+
+    def command(self, cmd):
+        """`cmd` started inside this cgroup (see `in_cgroup`)."""
+        return in_cgroup(cmd, self)
 
     def child(self, name):
         """A sub-cgroup `<this>/<name>`, created now."""

@@ -18,7 +18,7 @@ Other parts of the sidecar that hold config state (the kernel policy maps) regis
 `ConfigHook` with the manager: `check(cfg)` may refuse a config before any worker sees it,
 `apply(cfg)` runs after the workers took it (raising rolls the workers back).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -41,10 +41,16 @@ def plan(old, new) -> ReloadPlan:
     for what, a, b in (("admin.listen", old.admin.listen, new.admin.listen),
                        ("telemetry.metrics.listen", old.telemetry.metrics_listen, new.telemetry.metrics_listen),
                        ("telemetry.health.listen", old.telemetry.health_listen, new.telemetry.health_listen),
-                       ("interception", old.interception, new.interception)):
+                       ("interception", _restart_part(old.interception), _restart_part(new.interception))):
         if a != b:
             p.notes.append("%s changed: takes effect when the sidecar restarts" % what)
     return p
+
+
+def _restart_part(interception):
+    """What of `interception` needs a restart: everything but the exclusions, which the
+    interception's ConfigHook applies in place (map writes, or the instance's chains)."""
+    return replace(interception, exclude_outbound_ports=[], exclude_inbound_ports=[])
 
 
 class ConfigHook:

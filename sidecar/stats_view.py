@@ -31,6 +31,17 @@ def render(stats: dict):
                              cfg["reloads"].get("refused", 0), stats["restarts"]))
     checks = [Text("%s: %s" % (name, c["reason"]), style="red")
               for name, c in stats["checks"].items() if not c["ok"]]
+    ic = stats.get("interception") or {"mode": "off"}
+    if ic["mode"] != "off":
+        line = "interception: %s %s" % (ic["mode"], ic["state"])
+        if ic.get("reason"):
+            line += ": %s" % ic["reason"]
+        counters = ic.get("counters") or ic.get("redirected") or {}
+        redirected = counters.get("outbound_redirected", counters.get("outbound"))
+        if redirected is not None:
+            line += "  (%s outbound, %s inbound redirected)" % (
+                redirected, counters.get("inbound_steered", counters.get("inbound")))
+        checks.insert(0, Text(line, style="green" if ic["state"] == "active" else "yellow"))
 
     requests = Table(title="Requests by route and service", expand=True)
     for col, justify in (("direction", "left"), ("route", "left"), ("service", "left"),

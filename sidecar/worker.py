@@ -42,13 +42,31 @@ PR_SET_PDEATHSIG = 1
 M_ACCESS_LOG_DROPPED = 6    # fastpath/stats.pxd StatsMetric
 
 
-def listening_socket(address, backlog=1024):
+# The other address family's counterpart of a listen address: where interception sends
+# that family's connections (eBPF connect6 and ip6tables REDIRECT to [::1] for outbound;
+# inbound IPv6 arrives on [::]).
+COMPANION = {"127.0.0.1": "::1", "::1": "127.0.0.1", "0.0.0.0": "::", "::": "0.0.0.0"}
+
+
+def listen_addresses(cfg: Config, address) -> list:
+    """The addresses one configured listener binds: the address itself and, when traffic
+    is intercepted, its other-family counterpart (so IPv6 is intercepted too)."""
+    out = [tuple(address)]
+    if cfg.interception.mode != "off" and address[0] in COMPANION:
+        out.append((COMPANION[address[0]], address[1]))
+    return out
+
+
+def listening_socket(address, backlog=1024, v6only=False):
     """A non-blocking TCP listener on `address` shared with the other workers."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6 and v6only:
+        # [::] next to a 0.0.0.0 listener: a dual-stack [::] would take the IPv4 port
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(backlog)
@@ -177,10 +195,22 @@ class Worker:
     async def start(self):
         cfg = self.snapshot.cfg
         self.listen = (cfg.inbound.listen, cfg.outbound.listen)
-        for address, factory in ((cfg.inbound.listen, self._inbound_factory),
-                                 (cfg.outbound.listen, self._outbound_factory)):
-            server = await self.loop.create_server(factory, sock=listening_socket(address))
-            self.servers.append(server)
+        for configured, factory in ((cfg.inbound.listen, self._inbound_factory),
+                                    (cfg.outbound.listen, self._outbound_factory)):
+            addresses = listen_addresses(cfg, configured)
+            for address in addresses:
+                try:
+                    sock = listening_socket(address, v6only=len(addresses) > 1)
+                except OSError as e:
+                    if address == tuple(configured):
+                        raise
+                    # e.g. IPv6 disabled in the pod: that family is not intercepted
+                    log.warning("worker %d: cannot listen on %s port %d (%s): its address "
+                                "family is not intercepted", self.index, address[0], address[1],
+                                e.strerror or e)
+                    continue
+                server = await self.loop.create_server(factory, sock=sock)
+                self.servers.append(server)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         log.info("worker %d: inbound %s:%d -> %s:%d, outbound %s:%d", self.index,
                  *cfg.inbound.listen, *cfg.inbound.app, *cfg.outbound.listen)

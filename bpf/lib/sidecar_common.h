@@ -1,8 +1,9 @@
 /* sidecar_common.h: what every program in bpf/ shares: includes, the loader's -D
  * parameters with their defaults, and byte-order and address helpers.
  *
- * Runtime specialisation goes only through the -D flags below; sidecar/bpf/loader.py
- * (`cflags_for`) is the one place that sets them, and `--print-cflags` shows them.
+ * Runtime specialisation goes only through the -D flags below; sidecar/bpf/programs.py
+ * (`cflags_for`) is the one place that sets them, and the loader's `--print-cflags` shows
+ * them (`--print-c` the C as compiled).
  */
 #ifndef SIDECAR_COMMON_H
 #define SIDECAR_COMMON_H
@@ -93,7 +94,7 @@ struct sc_tcphdr {                /* struct tcphdr, flags as one byte */
 /* One transport endpoint, as map key and value. IPv4 is stored IPv4-mapped (::ffff:a.b.c.d)
  * with family SC_AF_INET, so a connection looks the same from a v4 socket and from a
  * dual-stack v6 socket that dialled a v4-mapped address. 20 bytes, no padding: keys are
- * compared bytewise. Mirrored in sidecar/bpf/layout.py (Endpoint). */
+ * compared bytewise. Mirrored in sidecar/bpf/layout.py (ENDPOINT). */
 struct sc_endpoint {
     __u32 ip6[4];     /* network order */
     __be16 port;      /* network order */

@@ -1,12 +1,19 @@
 """The kernel side of interception, as seen from Python.
 
-    loader   the short-lived child (`python -m sidecar.bpf.loader`): the only module that
-             imports bcc; compiles bpf/*.c, attaches, pins, exits
-    layout   the C headers' structs, map names and counter table, mirrored once
-    syscall  a thin bpf(2) wrapper: pinned objects, maps, links, without bcc
-    state    what an instance has pinned and attached (bpffs, fdinfo, bpftool)
-    cleanup  detach and unpin an instance, or every stale one
-    status   `sidecar bpf status`
+    programs     the program families of bpf/ and where each program attaches; the load
+                 plan and its -D flags (`cflags_for`): where a new family is registered
+    loader       the short-lived child (`python -m sidecar.bpf.loader`): the only module
+                 that imports bcc; compiles bpf/*.c, attaches, pins, exits
+    preflight    what the loader refuses before touching the kernel, one line each
+    layout       the C headers' structs, map names and counter table, mirrored once
+    config_maps  maps filled from config (exclusions), by the loader and on reload
+    syscall      a thin bpf(2) wrapper: pinned objects, maps, links, without bcc
+    state        what an instance has pinned and attached, and its owner record
+    cleanup      detach and unpin an instance, or every stale one
+    status       `sidecar bpf status` and `sidecar bpf cleanup`
+
+The manager's side of ebpf mode (running the loader, reload, status surfaces) is
+sidecar.interception.ebpf.
 
 Everything an instance owns lives under /sys/fs/bpf/sidecar/<instance>/. Attachments are
 bpf links pinned there, so unpinning them is what detaches them, and a loader that dies

@@ -12,7 +12,7 @@ import struct
 __all__ = [
     "obj_get", "obj_pin", "map_create", "map_lookup", "map_update", "map_delete", "map_keys",
     "link_create", "link_detach", "prog_info", "map_info", "link_info", "object_kind",
-    "fdinfo", "possible_cpus",
+    "fdinfo", "possible_cpus", "prog_get_fd_by_id", "sum_percpu_u64",
     "BPF_MAP_TYPE_ARRAY", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_PERCPU_ARRAY",
 ]
 
@@ -26,6 +26,7 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 BPF_LINK_DETACH = 34
@@ -157,6 +158,17 @@ def link_create(prog_fd, target, attach_type, flags=0):
 def link_detach(link_fd):
     """Detaches a link now, whoever else still holds it (BPF_LINK_DETACH, 5.9+)."""
     _bpf(BPF_LINK_DETACH, _attr((0, "I", link_fd)))
+
+
+def prog_get_fd_by_id(prog_id):
+    """A new fd for the loaded program `prog_id` (to read its info)."""
+    fd, _ = _bpf(BPF_PROG_GET_FD_BY_ID, _attr((0, "I", prog_id)))
+    return fd
+
+
+def sum_percpu_u64(raw):
+    """The sum of a per-CPU u64 value as map_lookup returns it (one 8-byte slot per CPU)."""
+    return sum(struct.unpack("=%dQ" % (len(raw) // 8), raw))
 
 
 def _info(fd, size):

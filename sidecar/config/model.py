@@ -29,6 +29,8 @@ class Interception:
     exclude_outbound_ports: list[int] = field(default_factory=list)
     exclude_inbound_ports: list[int] = field(default_factory=list)
     fail: str = "open"                     # open | closed
+    instance: Optional[str] = None         # name of this sidecar's kernel state (/sys/fs/bpf/sidecar/<instance>);
+                                           # default: <namespace>-<name>-<network namespace inode>
 
 
 @dataclass

@@ -164,6 +164,25 @@ WORKLOAD = Section([
     Field("namespace", NAME, "the workload's namespace"),
 ], Workload)
 
+def _instance_name(text: str) -> str:
+    # bpffs refuses "." in names
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", text):
+        raise ValueError(f"invalid instance name '{text}': letters, digits, '_' and '-', at most 64")
+    return text
+
+
+def _check_interception(values, given, path, ctx):
+    cgroup = values["cgroup"]
+    if cgroup is not None and not cgroup.startswith("/"):
+        ctx.error_at(join(path, given["cgroup"]), "must be an absolute path (the app's cgroup v2 directory)")
+    if values["mode"] == "ebpf" and cgroup is None:
+        ctx.error_at(join(path, given.get("mode", "mode")),
+                     "ebpf mode needs interception.cgroup (the app's cgroup v2 directory)")
+    if values["mode"] == "ebpf" and values["interface"] is None:
+        ctx.warn_at(join(path, given.get("mode", "mode")),
+                    "no interception.interface: inbound traffic is not intercepted")
+
+
 INTERCEPTION = Section([
     Field("mode", Enum("ebpf", "iptables", "off"), "how app traffic is steered through the sidecar"),
     Field("cgroup", Str(), "the app's cgroup v2 directory (ebpf mode)"),
@@ -171,8 +190,11 @@ INTERCEPTION = Section([
     Field("accelerate_local", Bool(), "sockops + sk_msg bypass for app <-> sidecar hops"),
     Field("exclude_outbound_ports", ListOf(PORT), "outbound ports never captured"),
     Field("exclude_inbound_ports", ListOf(PORT), "inbound ports never captured"),
-    Field("fail", Enum("open", "closed"), "app traffic when the sidecar is not running"),
-], Interception)
+    Field("fail", Enum("open", "closed"), "app traffic when the sidecar is not running, "
+          "or when the kernel refuses interception: open lets it pass, closed refuses it"),
+    Field("instance", Str(_instance_name), "name of this sidecar's kernel state "
+          "(default: <namespace>-<name>-<network namespace inode>)"),
+], Interception, check=_check_interception)
 
 LIMITS = Section([
     Field("max_request_line", SIZE, "longest request line (414 past it)"),

@@ -68,6 +68,7 @@ def stats_summary(manager) -> dict:
         "workload": {"name": manager.cfg.workload.name, "namespace": manager.cfg.workload.namespace},
         "ready": ready,
         "checks": {name: {"ok": ok, "reason": None if ok else why} for name, (ok, why) in checks.items()},
+        "interception": manager.interception.snapshot() if manager.interception else None,
         "config": {"generation": manager.generation, "source": manager.config_path,
                    "applied_at": manager.applied_at, "reloads": dict(manager.reload_counts)},
         "workers": [{"index": w.index, "pid": w.proc.pid if w.proc else None, "ready": w.ready,

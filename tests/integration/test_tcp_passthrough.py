@@ -2,9 +2,10 @@
 network with iptables interception.
 
 The server pod runs the sidecar (inbound listener 0.0.0.0:15006) and its apps on loopback
-only: a raw TCP service on 127.0.0.1:5432 and an HTTP app on 127.0.0.1:8080. TCP arriving on
-the pod's veth is REDIRECTed to 15006, so the only way from the client pod to the apps is
-through the sidecar: port 5432 is tunnelled byte for byte, port 8080 proxied as HTTP.
+only: a raw TCP service on 127.0.0.1:5432 and an HTTP app on 127.0.0.1:8080. The sidecar's
+own iptables mode REDIRECTs TCP arriving on the pod's veth to 15006, so the only way from
+the client pod to the apps is through the sidecar: port 5432 is tunnelled byte for byte,
+port 8080 proxied as HTTP.
 """
 import hashlib
 import json
@@ -17,7 +18,7 @@ import pytest
 from tests.conftest import require_privileges
 from tests.support.http_client import RawClient
 from tests.support.netns import (
-    Netns, NetnsSidecar, TcpServer, echo_headers_handler, redirect_inbound, veth_pair)
+    Netns, NetnsSidecar, TcpServer, echo_headers_handler, veth_pair)
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
@@ -56,10 +57,10 @@ def pod():
     require_privileges(root=True, netns=True, tools=("ip", "nsenter", "iptables"))
     with Netns() as client, Netns() as server:
         _, server_dev = veth_pair(client, server, "%s/24" % CLIENT_IP, "%s/24" % SERVER_IP)
-        redirect_inbound(server, server_dev, 15006, exclude_ports=[15090, 15021])
         with TcpServer(server, ("127.0.0.1", DB_PORT), db_handler) as db, \
                 TcpServer(server, ("127.0.0.1", HTTP_PORT), echo_headers_handler) as app:
             with NetnsSidecar(server, inbound=("0.0.0.0", 15006), app=("127.0.0.1", HTTP_PORT),
+                              mode="iptables", interface=server_dev,
                               extra={"inbound": {"tcp_passthrough_ports": [DB_PORT]}}) as sc:
                 yield {"client": client, "server": server, "db": db, "app": app, "sidecar": sc}
             assert db.errors == [] and app.errors == [], (db.errors, app.errors)

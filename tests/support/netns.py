@@ -1,18 +1,17 @@
-"""Network namespaces for the integration tests: pods, veth pairs, the real sidecar inside a
-pod, and iptables REDIRECT interception.
+"""Network namespaces for the integration tests: pods, veth pairs, and the real sidecar
+inside a pod, intercepting the pod's traffic in its own mode (iptables or eBPF).
 
-The namespaces, veth pairs and iptables rules come from `sidecar.netns_topology` (shared
-with the mesh benchmark); this module adds the tests' defaults (the app's uid, the `sc-t-`
-prefix), the real sidecar inside a pod, and small servers. Leaving a `Netns` block kills every
-process still in the namespace, deletes its interfaces and the namespace itself, also when the
-test failed.
+The namespaces and veth pairs come from `sidecar.netns_topology` (shared with the mesh
+benchmark); this module adds the tests' defaults (the app's uid, the `sc-t-` prefix), the
+real sidecar inside a pod, and small servers. The sidecar installs its interception inside
+its pod only, and leaving a `Netns` block kills every process still in the namespace,
+deletes its interfaces and the namespace itself, also when the test failed.
 
-    with Netns() as client, Netns() as server:
-        veth_pair(client, server, ["10.200.0.1/24", "fd00:200::1/64"],
-                  ["10.200.0.2/24", "fd00:200::2/64"])
-        redirect_outbound(client, 15001, uid=APP_UID)
-        with NetnsSidecar(client) as sc:
-            client.run(as_app(["python3", "-c", "..."]))
+    with Netns() as client, Netns() as server, Cgroup() as app, Cgroup() as sc_cg:
+        dev, _ = veth_pair(client, server, ["10.200.0.1/24", "fd00:200::1/64"],
+                           ["10.200.0.2/24", "fd00:200::2/64"])
+        with NetnsSidecar(client, mode="ebpf", app_cgroup=app, cgroup=sc_cg, interface=dev):
+            run_app_python(client, "...", cgroup=app)
 
 Commands run through `nsenter --net=/var/run/netns/NAME`, not `ip netns exec`, so they keep
 the host's /sys (cgroup v2 mount, bpffs). Sockets the test process itself needs inside a
@@ -29,12 +28,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import yaml
 
 from sidecar import netns_topology as _topology
 from sidecar.netns_topology import (  # noqa: F401  (re-exported for the tests)
-    CommandError, check_command, redirect_inbound, veth_pair)
+    CommandError, check_command, veth_pair)
 from sidecar.netns_topology import kill_process_group as _kill_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,21 +54,16 @@ def as_app(cmd, uid=APP_UID):
     return _topology.as_app(cmd, uid)
 
 
-def run_app_python(ns, script, *args, input=b"", timeout=15.0, uid=APP_UID):
-    """Runs a Python snippet in `ns` as the app's user (system python3, isolated mode, cwd /)
-    with `args` in sys.argv[1:] and `input` on stdin; returns its stdout parsed as JSON."""
+def run_app_python(ns, script, *args, input=b"", timeout=15.0, uid=APP_UID, cgroup=None):
+    """Runs a Python snippet in `ns` (and in `cgroup`, the app's) as the app's user (system
+    python3, isolated mode, cwd /) with `args` in sys.argv[1:] and `input` on stdin;
+    returns its stdout parsed as JSON."""
     cmd = as_app([APP_PYTHON, "-I", "-c", script] + [str(a) for a in args], uid=uid)
-    r = ns.run(cmd, check=False, timeout=timeout, input=input, text=False, cwd="/")
+    r = ns.run(cmd, check=False, timeout=timeout, input=input, text=False, cwd="/", cgroup=cgroup)
     if r.returncode != 0:
         raise CommandError("app script in %s failed (exit %d):\n%s" % (
             ns.name, r.returncode, r.stderr.decode(errors="replace")))
     return json.loads(r.stdout)
-
-
-def redirect_outbound(ns, to_port, uid=APP_UID, **kw):
-    """Outbound TCP of the app's user in `ns` REDIRECTed to `to_port` (see
-    sidecar.netns_topology.redirect_outbound)."""
-    return _topology.redirect_outbound(ns, to_port, uid, **kw)
 
 
 # -- the real sidecar inside a namespace ------------------------------------------------------
@@ -82,6 +77,11 @@ def _merge(base, extra):
     return base
 
 
+def _admin_address(config):
+    host, _, port = config["admin"]["listen"].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _fmt(address):
     host, port = address
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
@@ -91,17 +91,32 @@ class NetnsSidecar:
     """`python -m sidecar.cli run -c FILE` inside a namespace, configured like
     `tests.support.sidecar_process.SidecarProcess` (the ports are the pod's own, so Istio's
     defaults are used). `.inbound`, `.outbound`: listener addresses; `.log()`: its output.
-    `extra` is merged into the config dict key by key."""
+
+    `mode` is interception.mode; `app_cgroup` (a Cgroup) is interception.cgroup, and
+    `cgroup` (a Cgroup) the one the sidecar runs in (eBPF mode refuses the root cgroup);
+    `interface` the pod interface. `extra` is merged into the config dict key by key;
+    `prefix` goes before the command (inside the namespace), `env` adds to its environment.
+    `start()` returns once /readyz answers 200 (the kernel side attached), unless told not
+    to wait."""
 
     def __init__(self, ns, inbound=("0.0.0.0", 15006), outbound=("127.0.0.1", 15001),
-                 app=("127.0.0.1", 8080), workers=1, extra=None):
+                 app=("127.0.0.1", 8080), workers=1, extra=None, mode="iptables",
+                 app_cgroup=None, cgroup=None, interface=None, prefix=(), env=None):
         self.ns = ns
+        self.prefix = list(prefix)     # e.g. setpriv dropping capabilities
+        self.env = env
         self.inbound = tuple(inbound)
         self.outbound = tuple(outbound)
+        self.cgroup = cgroup
+        interception = {"mode": mode}
+        if app_cgroup is not None:
+            interception["cgroup"] = app_cgroup.path
+        if interface is not None:
+            interception["interface"] = interface
         self.config = _merge({
             "workers": workers,
             "drain_timeout": "2s",
-            "interception": {"mode": "iptables"},
+            "interception": interception,
             "inbound": {"listen": _fmt(self.inbound), "app": _fmt(app)},
             "outbound": {"listen": _fmt(self.outbound)},
             "admin": {"listen": "127.0.0.1:15000"},
@@ -117,20 +132,70 @@ class NetnsSidecar:
         self.proc = None
         self._log = None
 
-    def start(self, timeout=15.0):
-        with open(self.config_path, "w") as f:
+    def write_config(self):
+        """Writes the config atomically (the sidecar's file watch never sees half a file)."""
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
             yaml.safe_dump(self.config, f)
+        os.replace(tmp, self.config_path)
+
+    def spawn(self):
+        """Starts the process and returns it, without waiting for anything."""
+        self.write_config()
         self._log = open(self.log_path, "wb")
-        self.proc = self.ns.popen([sys.executable, "-m", "sidecar.cli", "run", "-c",
-                                   self.config_path],
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = self.ns.popen(self.prefix + [sys.executable, "-m", "sidecar.cli", "run", "-c",
+                                                 self.config_path], cgroup=self.cgroup, env=env,
                                   cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        return self.proc
+
+    def start(self, timeout=15.0, wait_ready=True):
+        self.spawn()
         try:
             self.ns.wait_for_port(*self.inbound, timeout=timeout, proc=self.proc)
             self.ns.wait_for_port(*self.outbound, timeout=timeout, proc=self.proc)
+            if wait_ready:
+                self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise RuntimeError("sidecar did not start in %s:\n%s" % (self.ns.name, self.log()))
         return self
+
+    def admin(self, path, method="GET"):
+        """(status, body text) of an admin API call, made inside the namespace."""
+        import http.client
+        host, port = _admin_address(self.config)
+
+        def call():
+            c = http.client.HTTPConnection(host, port, timeout=5)
+            try:
+                c.request(method, path)
+                r = c.getresponse()
+                return r.status, r.read().decode(errors="replace")
+            finally:
+                c.close()
+        return self.ns.call(call)
+
+    def stats(self):
+        status, body = self.admin("/stats")
+        assert status == 200, body
+        return json.loads(body)
+
+    def wait_ready(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("sidecar exited with %s" % self.proc.returncode)
+            try:
+                last = self.admin("/readyz")
+                if last[0] == 200:
+                    return last[1]
+            except OSError as e:
+                last = e
+            if time.monotonic() > deadline:
+                raise TimeoutError("sidecar not ready after %gs: %s" % (timeout, last))
+            time.sleep(0.05)
 
     def stop(self, timeout=10.0):
         """SIGTERM (drain), then SIGKILL of the whole group. Returns the exit code."""

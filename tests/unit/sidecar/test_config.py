@@ -509,3 +509,31 @@ def test_every_model_attribute_has_a_key_in_the_schema():
         declared |= {sub.attr for f in section.fields if f.flatten for sub in f.kind.fields}
         model_attrs = {f.name for f in dataclasses.fields(section.model)} - not_from_the_file
         assert model_attrs == declared, section.model.__name__
+
+
+# --- interception ----------------------------------------------------------------------
+
+def test_ebpf_mode_needs_the_apps_cgroup():
+    assert errors_of("interception: {mode: ebpf, interface: eth0}\n") == [
+        "interception.mode (line 1): ebpf mode needs interception.cgroup (the app's cgroup v2 directory)"]
+
+
+def test_interception_cgroup_must_be_absolute_and_instance_a_bpffs_name():
+    assert errors_of("interception:\n  mode: iptables\n  cgroup: pod-x\n") == [
+        "interception.cgroup (line 3): must be an absolute path (the app's cgroup v2 directory)"]
+    assert errors_of("interception:\n  instance: a.b\n") == [
+        "interception.instance (line 2): invalid instance name 'a.b': letters, digits, '_' and '-', at most 64"]
+
+
+def test_ebpf_mode_without_an_interface_warns_that_inbound_is_not_intercepted():
+    c = load("interception: {mode: ebpf, cgroup: /sys/fs/cgroup/unified/pod}\n")
+    assert c.warnings == ["interception.mode (line 1): no interception.interface: inbound traffic is not intercepted"]
+
+
+def test_an_exclusion_change_reloads_in_place_other_interception_changes_need_a_restart():
+    from sidecar.reload import plan
+    base = "interception: {mode: iptables, exclude_outbound_ports: [53]}\n"
+    old = load(base)
+    assert plan(old, load(base.replace("[53]", "[53, 5432]"))).notes == []
+    assert plan(old, load(base.replace("iptables", "off"))).notes == [
+        "interception changed: takes effect when the sidecar restarts"]
