@@ -463,7 +463,8 @@ cdef class HttpDownstream(ResponseSink):
         up.state = U_TUNNEL       # the pool no longer owns it
         up.pool.discard(up)
         self._resume(P_PIPELINE | P_UPSTREAM_FULL | P_QUEUE)
-        join_tunnel(self.transport, up.transport, waiting, None)
+        join_tunnel(self.transport, up.transport, waiting, None, self.ctx.worker_stats,
+                    self.ctx.direction_index)
 
     cdef void on_tunnel_data(self, bytes data):
         if self.state == D_TUNNEL:

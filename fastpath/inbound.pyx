@@ -29,7 +29,8 @@ cdef class InboundAccept:
         # accepted socket's own address is the original destination.
         dst = original_destination(sock) or transport.get_extra_info("sockname")
         if dst is not None and dst[1] in self.passthrough_ports:
-            start_tunnel(self.ctx.loop, transport, self.app_host, dst[1])
+            start_tunnel(self.ctx.loop, transport, self.app_host, dst[1], None, 5.0,
+                         self.ctx.worker_stats, self.ctx.direction_index)
             return
         http = HttpDownstream(self.ctx)
         http.original_dst = dst

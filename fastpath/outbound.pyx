@@ -147,7 +147,8 @@ cdef class OutboundAccept:
             self._become_http(None).refuse_not_http()
         else:
             start_tunnel(self.ctx.loop, self.transport, self.original_dst[0],
-                         self.original_dst[1], data)
+                         self.original_dst[1], data, 5.0, self.ctx.worker_stats,
+                         self.ctx.direction_index)
 
     def _silent_client(self):
         if self.decided:
@@ -155,7 +156,8 @@ cdef class OutboundAccept:
         self.decided = True
         if self.original_dst is not None:
             # Server-speaks-first protocol: connect and let the server talk.
-            start_tunnel(self.ctx.loop, self.transport, self.original_dst[0], self.original_dst[1])
+            start_tunnel(self.ctx.loop, self.transport, self.original_dst[0], self.original_dst[1],
+                         None, 5.0, self.ctx.worker_stats, self.ctx.direction_index)
         else:
             self._become_http(None)
 

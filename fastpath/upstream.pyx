@@ -193,12 +193,18 @@ cdef class UpstreamConnection:
                     continue
                 if resp.status == 101:
                     # The sink turns both connections into a tunnel (and detaches from
-                    # this object); bytes after the 101 head are already tunnel bytes.
+                    # this object); bytes after the 101 head are already tunnel bytes:
+                    # the tunnel's upstream end (the transport's protocol now) takes them,
+                    # before anything else the upstream sends.
                     sink = self.sink
                     self.state = U_TUNNEL
                     sink.on_response_head(resp, FRAME_NONE, NULL, 0, False)
                     if offset < n:
-                        sink.on_tunnel_data(data[offset:])
+                        tunnel_end = self.transport.get_protocol()
+                        if tunnel_end is not self:
+                            tunnel_end.data_received(data[offset:])
+                        else:
+                            sink.on_tunnel_data(data[offset:])
                     return
                 self.framing = self.sink.response_framing(resp)
                 if resp.body_kind == BODY_LENGTH:

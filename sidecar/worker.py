@@ -132,6 +132,7 @@ class Worker:
         self.outbound = ListenerContext(self.loop, "outbound", Limits(8192, 65536, 100))
         self.servers = []
         self.listen = None
+        self.splicer = None           # fastpath.splice.Splicer when tunnels are spliced
         self.stopping = asyncio.Event()
         self.apply_config(cfg, labels or {}, generation)
 
@@ -212,8 +213,21 @@ class Worker:
                 server = await self.loop.create_server(factory, sock=sock)
                 self.servers.append(server)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._start_splicer(cfg)
         log.info("worker %d: inbound %s:%d -> %s:%d, outbound %s:%d", self.index,
                  *cfg.inbound.listen, *cfg.inbound.app, *cfg.outbound.listen)
+
+    def _start_splicer(self, cfg: Config):
+        """Tunnels are spliced in the kernel where this config loads the splice programs
+        (fastpath.splice; the maps appear once the manager's loader has run)."""
+        from sidecar.bpf.programs import splices_tunnels
+        if not splices_tunnels(cfg):
+            return
+        from fastpath.splice import Splicer
+        from fastpath.tunnel import set_splicer
+        from sidecar.bpf.state import default_instance, instance_dir, maps_dir
+        self.splicer = Splicer(self.loop, maps_dir(instance_dir(default_instance(cfg))))
+        set_splicer(self.splicer)
 
     def _sweep(self):
         self.inbound.sweep_timeouts()

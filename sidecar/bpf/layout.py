@@ -102,3 +102,46 @@ class AttachType:
 
 ATTACH_TYPE_NAMES = {v: k.lower() for k, v in vars(AttachType).items() if not k.startswith("_")}
 PROG_TYPE_NAMES = {v: k.lower() for k, v in vars(ProgType).items() if not k.startswith("_")}
+
+
+# -- local-hop acceleration (bpf/lib/sidecar_hops.h) ----------------------------------------------
+
+HOP_KEY = struct.Struct("=%ds%ds" % (ENDPOINT.size, ENDPOINT.size))   # struct sc_hop_key: local, remote
+
+
+def pack_hop_key(local, remote) -> bytes:
+    """A struct sc_hop_key: a connection as the socket at `local` sees it ((host, port) each)."""
+    return HOP_KEY.pack(pack_endpoint(*local), pack_endpoint(*remote))
+
+
+MAPS.update({m.name: m for m in (
+    MapSpec("sc_hop_socks", "accelerated app <-> sidecar sockets", HOP_KEY.size, 8, 32768),
+    MapSpec("sc_hop_pairs", "local hops and their handshakes", HOP_KEY.size, 32, 16384),
+    MapSpec("sc_hop_counters", "local-hop counters (per CPU)", 4, 8, 10),
+)})
+
+# enum sc_hop_counter: index -> name
+HOP_COUNTERS = (
+    "hop_sockets_added",
+    "hop_sockets_removed",
+    "outbound_hops",
+    "inbound_hops",
+    "hop_handshake_mismatch",
+    "hop_insert_failed",
+    "hop_msgs_redirected",
+    "hop_bytes_redirected",
+    "hop_sockets_on_stack",
+    "hop_over_budget",
+)
+assert len(HOP_COUNTERS) == MAPS["sc_hop_counters"].max_entries    # SC_HOP_CNT_MAX
+
+
+# -- in-kernel splice (bpf/lib/sidecar_splice.h) ------------------------------------------------
+
+SPLICE_END = struct.Struct("=QQII")     # struct sc_splice_end: peer cookie, bytes, mode, pad
+SPLICE_FRESH, SPLICE_KERNEL, SPLICE_USER = 0, 1, 2
+
+MAPS.update({m.name: m for m in (
+    MapSpec("sc_splice_socks", "spliced tunnel sockets", 8, 8, 65536),
+    MapSpec("sc_splice_ends", "spliced tunnel ends: peer, bytes", 8, SPLICE_END.size, 65536),
+)})

@@ -162,7 +162,7 @@ class Loader:
             self.owner_pid, mode="ebpf", instance=self.plan.instance,
             app_cgroup=targets.app_cgroup, sidecar_cgroup=targets.sidecar_cgroup,
             interface=targets.interface, ifindex=targets.ifindex,
-            families=[f.name for f in wanted_families(self.plan)]))
+            families=[f.name for f in wanted_families(self.plan)], interception=self.plan.interception))
 
     # -- 3, 4. compile and load -------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class Loader:
         the link as links/<function>."""
         out = []
         for family, prog, prog_fd in programs:
-            where, target, owned_fd = _TARGETS[prog.target](targets)
+            where, target, owned_fd = _TARGETS[prog.target](targets, prog, self.path)
             try:
                 link = syscall.link_create(prog_fd, target, prog.attach_type)
             except OSError as e:
@@ -240,13 +240,20 @@ def _cgroup_target(path):
     return path, fd, fd
 
 
-# programs.TARGETS -> resolver(targets) -> (what to call it, BPF_LINK_CREATE target, an fd
-# to close afterwards or None). A new kind of attach point (a sockhash for sk_msg or
-# sk_skb programs) is one more entry here and in programs.TARGETS.
+def _map_target(prog, instance_path):
+    """The instance's pinned map `prog.target_map` (its family pinned it at compile time)."""
+    fd = syscall.obj_get(os.path.join(maps_dir(instance_path), prog.target_map))
+    return "map %s" % prog.target_map, fd, fd
+
+
+# programs.TARGETS -> resolver(targets, program, instance path) -> (what to call it,
+# BPF_LINK_CREATE target, an fd to close afterwards or None). A new kind of attach point
+# is one more entry here and in programs.TARGETS.
 _TARGETS = {
-    "app_cgroup": lambda t: _cgroup_target(t.app_cgroup),
-    "sidecar_cgroup": lambda t: _cgroup_target(t.sidecar_cgroup),
-    "interface": lambda t: (t.interface, t.ifindex, None),
+    "app_cgroup": lambda t, prog, path: _cgroup_target(t.app_cgroup),
+    "sidecar_cgroup": lambda t, prog, path: _cgroup_target(t.sidecar_cgroup),
+    "interface": lambda t, prog, path: (t.interface, t.ifindex, None),
+    "map": lambda t, prog, path: _map_target(prog, path),
 }
 assert set(_TARGETS) == set(TARGETS)
 

@@ -150,9 +150,16 @@ def check_build_tools():
 
 def resolve_targets(plan) -> Targets:
     """The attach points of `plan`, refused when unsafe or missing."""
+    from sidecar.bpf.programs import wanted_families
+    cgroups = {p.target for f in wanted_families(plan) for p in f.programs} & {"app_cgroup", "sidecar_cgroup"}
+    if not cgroups:
+        # iptables mode splicing tunnels: programs on maps only, no cgroup involved
+        return Targets(None, None, plan.interface, _interface_index(plan))
     mount = cgroup2_mount()
     if mount is None:
         raise Refusal(EXIT_UNAVAILABLE, "no cgroup v2 hierarchy mounted")
+    if plan.app_cgroup is None:
+        raise Refusal(EXIT_CONFIG, "these programs need interception.cgroup (the app's cgroup v2 directory)")
     app = os.path.normpath(plan.app_cgroup)
     if not os.path.isdir(app):
         raise Refusal(EXIT_CONFIG, "interception.cgroup %s does not exist" % app)
@@ -178,18 +185,21 @@ def resolve_targets(plan) -> Targets:
     if _inside(app, mine):
         raise Refusal(EXIT_CONFIG, "the app's cgroup %s is inside the sidecar's cgroup %s: the app "
                                    "would be answered as the sidecar" % (app, mine))
-    ifindex = None
-    if plan.interface:
-        if _in_host_netns():
-            raise Refusal(EXIT_CONFIG, "interception.interface %s is in the host's network namespace: "
-                                       "the sidecar attaches only to a pod's interface"
-                                       % plan.interface)
-        try:
-            ifindex = socket.if_nametoindex(plan.interface)
-        except OSError:
-            raise Refusal(EXIT_CONFIG, "interception.interface %s does not exist in the sidecar's "
-                                       "network namespace" % plan.interface)
-    return Targets(app, mine, plan.interface, ifindex)
+    return Targets(app, mine, plan.interface, _interface_index(plan))
+
+
+def _interface_index(plan) -> Optional[int]:
+    """The ifindex of interception.interface, refused when it is the host's or missing."""
+    if not plan.interface:
+        return None
+    if _in_host_netns():
+        raise Refusal(EXIT_CONFIG, "interception.interface %s is in the host's network namespace: "
+                                   "the sidecar attaches only to a pod's interface" % plan.interface)
+    try:
+        return socket.if_nametoindex(plan.interface)
+    except OSError:
+        raise Refusal(EXIT_CONFIG, "interception.interface %s does not exist in the sidecar's "
+                                   "network namespace" % plan.interface)
 
 
 def run_all(plan) -> Targets:

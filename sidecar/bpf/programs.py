@@ -2,21 +2,27 @@
 one place that turns a load plan into the -D flags of the C code.
 
 A family is one bpf/*.c file. Adding one (counters, kernel policy, local-hop acceleration,
-splice) is: the C file (its maps in bpf/lib/sidecar_maps.h, mirrored in layout.MAPS), one
+splice) is: the C file (its maps in bpf/lib/sidecar_maps.h or a header of its own in
+bpf/lib/, mirrored in layout.MAPS), one
 `Family(...)` entry in FAMILIES naming its programs and their attach points, and, when its
 maps take values from config, the Plan fields it needs (`plan_from_config`) and an entry in
 sidecar.bpf.config_maps. The loader, `sidecar bpf status` and `sidecar bpf cleanup` need no
 change: they walk FAMILIES and the instance directory. Programs sharing a tcx hook run in
 FAMILIES order (the loader appends each link), so a policy family that must drop before
-inbound steering goes before it. A program attached to a map (sk_msg, sk_skb on a
-sockhash) needs one more target kind: an entry in TARGETS and its resolver in the loader.
+inbound steering goes before it.
 
 Attach points (`Program.target`), resolved by the loader:
     app_cgroup      interception.cgroup: the app's cgroup v2 directory
     sidecar_cgroup  the cgroup the sidecar runs in (/proc/self/cgroup of the loader, which
                     the manager starts in its own cgroup)
     interface       interception.interface, in the sidecar's network namespace (tcx)
+    map             a pinned map of the instance (`Program.target_map`): sk_msg and sk_skb
+                    programs run on the sockets in a sockhash
 Never the root cgroup, never a host interface: the loader refuses both (see preflight).
+
+Which families a plan loads: in ebpf mode the interception families and the data-path
+ones its config asks for; in iptables mode (the rules do the interception) only the
+data-path ones (local-hop acceleration, splice), when asked for.
 
 This module imports no bcc: the manager and the CLI read it too.
 """
@@ -34,7 +40,7 @@ from sidecar.bpf.layout import AttachType, ProgType
 BPF_DIR = os.environ.get("SIDECAR_BPF_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
 
-TARGETS = ("app_cgroup", "sidecar_cgroup", "interface")
+TARGETS = ("app_cgroup", "sidecar_cgroup", "interface", "map")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Program:
     target: str              # one of TARGETS
     expected_attach_type: bool = False   # the kernel wants attach_type at load time too
                                          # (CGROUP_SOCK_ADDR, CGROUP_SOCKOPT)
+    target_map: Optional[str] = None     # target "map": the pinned map's name (maps/<name>)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class Plan:
     fail_open: bool
     exclude_outbound: list = field(default_factory=list)
     exclude_inbound: list = field(default_factory=list)
+    interception: str = "ebpf"       # ebpf: the programs intercept; iptables: the rules do
+    accelerate_local: bool = False   # interception.accelerate_local (needs app_cgroup)
+    app: tuple = ("127.0.0.1", 8080)  # inbound.app, the inbound hop's server end
+    splice: bool = False             # tunnels spliced in the kernel (interception.splice)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -76,6 +87,8 @@ class Plan:
     def from_json(cls, text: str) -> "Plan":
         data = json.loads(text)
         data["outbound"] = tuple(data["outbound"])
+        if "app" in data:
+            data["app"] = tuple(data["app"])
         return cls(**data)
 
 
@@ -86,15 +99,34 @@ FAMILIES = (
         Program("sc_connect6", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET6_CONNECT,
                 "app_cgroup", expected_attach_type=True),
         Program("sc_sockops", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS, "app_cgroup"),
-    ), wanted=lambda plan: True, kernel="cgroup sock_addr and sockops programs (5.2+)"),
+    ), wanted=lambda plan: plan.interception == "ebpf",
+       kernel="cgroup sock_addr and sockops programs (5.2+)"),
     Family("original_dst_getsockopt", "original_dst_getsockopt.c", (
         Program("sc_getsockopt", ProgType.CGROUP_SOCKOPT, AttachType.CGROUP_GETSOCKOPT,
                 "sidecar_cgroup", expected_attach_type=True),
-    ), wanted=lambda plan: True, kernel="cgroup sockopt programs (5.3+)"),
+    ), wanted=lambda plan: plan.interception == "ebpf", kernel="cgroup sockopt programs (5.3+)"),
     Family("inbound_steer", "inbound_steer.c", (
         Program("sc_inbound", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, "interface"),
-    ), wanted=lambda plan: plan.interface is not None,
+    ), wanted=lambda plan: plan.interception == "ebpf" and plan.interface is not None,
        kernel="bpf_sk_assign at TC ingress (5.7+) and tcx links (6.6+)"),
+)
+
+# Data-path families: they speed up what interception sends through the sidecar, in either
+# interception mode.
+FAMILIES += (
+    Family("local_hops", "local_hops.c", (
+        Program("sc_hop_app_ops", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS, "app_cgroup"),
+        Program("sc_hop_sidecar_ops", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS,
+                "sidecar_cgroup"),
+        Program("sc_hop_msg", ProgType.SK_MSG, AttachType.SK_MSG_VERDICT, "map",
+                target_map="sc_hop_socks"),
+    ), wanted=lambda plan: plan.accelerate_local,
+       kernel="sk_msg with socket storage (5.8+) and sockmap links (6.10+)"),
+    Family("tunnel_splice", "tunnel_splice.c", (
+        Program("sc_splice_verdict", ProgType.SK_SKB, AttachType.SK_SKB_STREAM_VERDICT, "map",
+                target_map="sc_splice_socks"),
+    ), wanted=lambda plan: plan.splice,
+       kernel="sk_skb stream verdict without a parser (5.13+) and sockmap links (6.10+)"),
 )
 
 
@@ -135,7 +167,16 @@ def cflags_for(plan: Plan, map_dir: str) -> list:
         "-DSC_OUT_IP6_3=0x%08x" % words[3],
         "-DSC_IN_PORT=%d" % plan.inbound_port,
         "-DSC_FAIL_OPEN=%d" % (1 if plan.fail_open else 0),
-    ]
+    ] + _app_flags(plan.app)
+
+
+def _app_flags(app) -> list:
+    """inbound.app as bpf/lib/sidecar_hops.h wants it: struct sc_endpoint's words."""
+    from sidecar.bpf.layout import ENDPOINT, pack_endpoint
+    raw, _, family = ENDPOINT.unpack(pack_endpoint(*app))
+    words = struct.unpack("!4I", raw)
+    return ["-DSC_APP_PORT=%d" % app[1], "-DSC_APP_FAMILY=%d" % family] + [
+        "-DSC_APP_IP6_%d=0x%08x" % (i, w) for i, w in enumerate(words)]
 
 
 def plan_from_config(cfg, instance: str) -> Plan:
@@ -145,4 +186,43 @@ def plan_from_config(cfg, instance: str) -> Plan:
     return Plan(instance=instance, app_cgroup=ic.cgroup, interface=ic.interface,
                 outbound=tuple(cfg.outbound.listen), inbound_port=cfg.inbound.listen[1],
                 fail_open=ic.fail == "open", exclude_outbound=excluded_outbound_ports(cfg),
-                exclude_inbound=excluded_inbound_ports(cfg))
+                exclude_inbound=excluded_inbound_ports(cfg), interception=ic.mode,
+                accelerate_local=accelerates_local_hops(cfg), app=app_endpoint(cfg),
+                splice=splices_tunnels(cfg))
+
+
+def accelerates_local_hops(cfg) -> bool:
+    """interception.accelerate_local, where it can work: it needs the app's cgroup (the
+    app's side of each hop is found by a program on it)."""
+    ic = cfg.interception
+    return ic.mode in ("ebpf", "iptables") and ic.accelerate_local and ic.cgroup is not None
+
+
+def splices_tunnels(cfg) -> bool:
+    """interception.splice: "auto" splices wherever BPF programs are loaded anyway (ebpf
+    mode, or iptables mode with local-hop acceleration); true also makes iptables mode
+    run the loader for it; false never splices."""
+    ic = cfg.interception
+    if ic.mode not in ("ebpf", "iptables") or ic.splice == "false":
+        return False
+    if ic.splice == "true" or ic.mode == "ebpf":
+        return True
+    return accelerates_local_hops(cfg)
+
+
+def needs_loader(cfg) -> bool:
+    """Whether this config loads any BPF program (ebpf mode always does)."""
+    mode = cfg.interception.mode
+    return mode == "ebpf" or (mode == "iptables" and (accelerates_local_hops(cfg) or splices_tunnels(cfg)))
+
+
+def app_endpoint(cfg) -> tuple:
+    """inbound.app as an address literal ("localhost" is loopback)."""
+    host, port = cfg.inbound.app
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        host = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    return (host, port)

@@ -203,6 +203,10 @@ def read_links(path: str, owner=None) -> list:
             entry["ifindex"] = info["ifindex"]
             entry["interface"] = (owner or {}).get("interface") if info["ifindex"] == (owner or {}).get("ifindex") else None
             entry["attached"] = info["ifindex"] != 0
+        elif "map_id" in info:
+            entry["map_id"] = info["map_id"]
+            entry["map"] = names[function][1].target_map if function in names else None
+            entry["attached"] = info["map_id"] != 0
         try:
             pfd = syscall.prog_get_fd_by_id(info["prog_id"])
             try:
@@ -277,4 +281,26 @@ def describe_instance(name: str, root: str = BPFFS_ROOT, fill: bool = True) -> d
     return {"instance": name, "path": path, "owner": owner,
             "state": "live" if alive else "unknown" if alive is None else "stale",
             "owner_status": why, "links": read_links(path, owner),
-            "maps": read_maps(path, fill), "counters": read_counters(path)}
+            "maps": read_maps(path, fill), "counters": read_counters(path),
+            "local_hops": read_hop_counters(path)}
+
+
+# -- local-hop acceleration ---------------------------------------------------------------------
+
+def read_hop_counters(path: str) -> dict:
+    """The local-hop counters (enum sc_hop_counter) summed over CPUs, plus
+    "accelerated_sockets" (sockets in sc_hop_socks now); {} if the family is not loaded."""
+    from sidecar.bpf.layout import HOP_COUNTERS
+    try:
+        fd = syscall.obj_get(os.path.join(maps_dir(path), "sc_hop_counters"))
+    except OSError:
+        return {}
+    try:
+        out = {}
+        for index, name in enumerate(HOP_COUNTERS):
+            raw = syscall.map_lookup(fd, index.to_bytes(4, "little"))
+            out[name] = syscall.sum_percpu_u64(raw) if raw else 0
+    finally:
+        os.close(fd)
+    out["accelerated_sockets"] = max(0, out["hop_sockets_added"] - out["hop_sockets_removed"])
+    return out

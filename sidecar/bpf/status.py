@@ -68,6 +68,7 @@ def _print_human(status: dict, out=sys.stdout):
         for link in inst["links"]:
             where = link.get("cgroup") or link.get("interface") or (
                 "cgroup id %s" % link["cgroup_id"] if "cgroup_id" in link else
+                "map %s (id %s)" % (link.get("map"), link["map_id"]) if "map_id" in link else
                 "ifindex %s" % link.get("ifindex"))
             prog = link.get("program") or {}
             w("    %-14s %-22s %-40s prog %s, link %s%s\n" % (
@@ -81,6 +82,12 @@ def _print_human(status: dict, out=sys.stdout):
             w("  counters:\n")
             for name, value in inst["counters"].items():
                 w("    %-22s %d\n" % (name, value))
+        if inst.get("local_hops"):
+            w("  local-hop acceleration: %d sockets accelerated now\n"
+              % inst["local_hops"]["accelerated_sockets"])
+            for name, value in inst["local_hops"].items():
+                if name != "accelerated_sockets":
+                    w("    %-22s %d\n" % (name, value))
     ipt = status["iptables"]
     if "error" in ipt:
         w("iptables: %s\n" % ipt["error"])

@@ -198,11 +198,12 @@ def map_info(fd):
 
 BPF_LINK_TYPE_CGROUP = 3
 BPF_LINK_TYPE_TCX = 11
+BPF_LINK_TYPE_SOCKMAP = 14
 
 
 def link_info(fd):
-    """{"type", "id", "prog_id"} plus "cgroup_id"/"attach_type" (cgroup links) or
-    "ifindex"/"attach_type" (tcx links)."""
+    """{"type", "id", "prog_id"} plus "cgroup_id"/"attach_type" (cgroup links),
+    "ifindex"/"attach_type" (tcx links) or "map_id"/"attach_type" (sockmap links)."""
     raw = _info(fd, 64)
     ltype, lid, prog_id = struct.unpack_from("III", raw, 0)
     out = {"type": ltype, "id": lid, "prog_id": prog_id}
@@ -210,6 +211,8 @@ def link_info(fd):
         out["cgroup_id"], out["attach_type"] = struct.unpack_from("QI", raw, 16)
     elif ltype == BPF_LINK_TYPE_TCX:
         out["ifindex"], out["attach_type"] = struct.unpack_from("II", raw, 16)
+    elif ltype == BPF_LINK_TYPE_SOCKMAP:
+        out["map_id"], out["attach_type"] = struct.unpack_from("II", raw, 16)
     return out
 
 

@@ -31,6 +31,7 @@ class Interception:
     fail: str = "open"                     # open | closed
     instance: Optional[str] = None         # name of this sidecar's kernel state (/sys/fs/bpf/sidecar/<instance>);
                                            # default: <namespace>-<name>-<network namespace inode>
+    splice: str = "auto"                   # auto | true | false: opaque tunnels spliced in the kernel
 
 
 @dataclass

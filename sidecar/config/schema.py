@@ -181,6 +181,14 @@ def _check_interception(values, given, path, ctx):
     if values["mode"] == "ebpf" and values["interface"] is None:
         ctx.warn_at(join(path, given.get("mode", "mode")),
                     "no interception.interface: inbound traffic is not intercepted")
+    if values["accelerate_local"] and "accelerate_local" in given:
+        if values["mode"] == "off":
+            ctx.warn_at(join(path, given["accelerate_local"]),
+                        "no effect with interception.mode off (nothing is intercepted)")
+        elif cgroup is None:
+            ctx.warn_at(join(path, given["accelerate_local"]),
+                        "needs interception.cgroup (the app's side of each hop is found there): "
+                        "local hops are not accelerated")
 
 
 INTERCEPTION = Section([
@@ -194,6 +202,10 @@ INTERCEPTION = Section([
           "or when the kernel refuses interception: open lets it pass, closed refuses it"),
     Field("instance", Str(_instance_name), "name of this sidecar's kernel state "
           "(default: <namespace>-<name>-<network namespace inode>)"),
+    Field("splice", Enum("auto", "true", "false"), "opaque TCP tunnels (passthrough ports, "
+          "outbound TCP, upgraded connections) spliced in the kernel: auto where BPF programs "
+          "are loaded anyway (ebpf mode, iptables with accelerate_local), true also in "
+          "iptables mode, false never"),
 ], Interception, check=_check_interception)
 
 LIMITS = Section([

@@ -40,9 +40,11 @@ class Interception:
         """Hands the manager its seams: readiness, metrics collector, config hook."""
         if self.mode == "off":
             return
+        from sidecar.metrics.kernel_acceleration import KernelAccelerationCollector
         from sidecar.metrics.kernel_redirects import KernelRedirectsCollector
         manager.kernel_readiness = self.readiness
         manager.kernel_collectors.append(KernelRedirectsCollector(self))
+        manager.kernel_collectors.append(KernelAccelerationCollector(self.programs_path))
         if self.hook is not None:
             manager.config_hooks.append(self.hook)
 
@@ -68,6 +70,10 @@ class Interception:
     def redirects(self) -> dict:
         """Connections redirected so far: {"outbound": n, "inbound": n}, or {}."""
         return {}
+
+    def programs_path(self):
+        """The directory of this sidecar's loaded BPF programs and maps, or None."""
+        return None
 
     def _unavailable(self, reason: str):
         """Interception impossible here: apply interception.fail."""

@@ -21,7 +21,8 @@ from sidecar.bpf import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, config_maps
 from sidecar.bpf.cleanup import InstanceInUse, cleanup_instance
 from sidecar.bpf.programs import plan_from_config, wanted_families
 from sidecar.bpf.state import (
-    default_instance, instance_dir, links_dir, read_counters, read_links, read_owner, read_port_set)
+    default_instance, instance_dir, links_dir, read_counters, read_hop_counters, read_links,
+    read_owner, read_port_set)
 from sidecar.interception import Interception, InterceptionHook
 
 log = logging.getLogger("sidecar.interception.ebpf")
@@ -31,6 +32,7 @@ LOADER_TIMEOUT = 60.0
 
 class EbpfInterception(Interception):
     mode = "ebpf"
+    what = "ebpf interception"      # what the log lines call what this loads
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -75,9 +77,9 @@ class EbpfInterception(Interception):
             if report.get("replaced"):
                 log.warning("replaced stale kernel state of instance %s (%s)", self.instance,
                             report["replaced"]["reason"])
-            log.info("ebpf interception active (instance %s, %d programs): loader %.2fs "
+            log.info("%s active (instance %s, %d programs): loader %.2fs "
                      "(compile %.2fs, load %.3fs, attach %.3fs), peak RSS %.0f MB",
-                     self.instance, len(self.expected_links), wall, sum(t["compile"].values()),
+                     self.what, self.instance, len(self.expected_links), wall, sum(t["compile"].values()),
                      t["load"], t["attach"], report["peak_rss_kb"] / 1024)
             return None
         reason = report.get("reason") or _last_line(err) or "loader exited with %s" % code
@@ -98,7 +100,7 @@ class EbpfInterception(Interception):
             log.error("could not remove instance %s: %s", self.instance, e)
             return
         self.state = "stopped"
-        log.info("ebpf interception removed (instance %s: %d links, %d maps)", self.instance,
+        log.info("%s removed (instance %s: %d links, %d maps)", self.what, self.instance,
                  len(removed.get("links", ())), len(removed.get("maps", ())))
 
     # -- reload ------------------------------------------------------------------------------------
@@ -137,11 +139,19 @@ class EbpfInterception(Interception):
         try:
             out["links"] = read_links(self.path, read_owner(self.path))
             out["counters"] = read_counters(self.path)
-            out["exclusions"] = {"outbound": read_port_set(self.path, "sc_excl_out"),
-                                 "inbound": read_port_set(self.path, "sc_excl_in")}
+            if os.path.exists(os.path.join(self.path, "maps", "sc_excl_out")):
+                out["exclusions"] = {"outbound": read_port_set(self.path, "sc_excl_out"),
+                                     "inbound": read_port_set(self.path, "sc_excl_in")}
+            hops = read_hop_counters(self.path)
+            if hops:
+                out["local_hops"] = hops
         except OSError as e:
             out["error"] = str(e)
         return out
+
+    def programs_path(self):
+        """The instance directory while its programs are loaded, else None."""
+        return self.path if self.state == "active" else None
 
     def redirects(self) -> dict:
         if self.state != "active":

@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 
 from sidecar.bpf import EXIT_CONFIG
+from sidecar.bpf.programs import needs_loader
 from sidecar.bpf.state import default_instance
 from sidecar.interception import Interception, InterceptionHook
 from sidecar.interception.iptables_rules import IptablesError, IptablesRules, chain_names, rule_plan
@@ -27,6 +28,12 @@ class IptablesInterception(Interception):
         self.rules = None
         self.hook = InterceptionHook(self)
         self.seconds = None
+        self.datapath = None          # DataPathPrograms when the config asks for them
+
+    def programs_path(self):
+        if self.datapath is not None:
+            return self.datapath.programs_path()
+        return None
 
     async def start(self):
         self.state = "starting"
@@ -42,6 +49,14 @@ class IptablesInterception(Interception):
             log.error("iptables interception refused: %s", e.reason)
             return EXIT_CONFIG
         self.rules = rules
+        if needs_loader(self.cfg):
+            from sidecar.interception.datapath import DataPathPrograms
+            self.datapath = DataPathPrograms(self.cfg)
+            refused = await self.datapath.start()
+            if refused is not None:
+                self.state, self.reason = "failed", self.datapath.reason
+                rules.remove()
+                return refused
         self.state = "active"
         self.seconds = time.monotonic() - started
         log.info("iptables interception active (instance %s, chains %s, IPv%s, %s): %.0f ms",
@@ -52,6 +67,8 @@ class IptablesInterception(Interception):
         return None
 
     def stop(self):
+        if self.datapath is not None:
+            self.datapath.stop()
         if self.state != "active":
             return
         try:
@@ -98,6 +115,8 @@ class IptablesInterception(Interception):
                 out["redirected"] = self.rules.counters()
             except IptablesError as e:
                 out["error"] = e.reason
+        if self.datapath is not None:
+            out["programs"] = self.datapath.snapshot()
         return out
 
     def redirects(self) -> dict:

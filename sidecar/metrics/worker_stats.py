@@ -6,8 +6,9 @@ Python per request. Families (SPEC.md, "Metrics"): sidecar_requests_total,
 sidecar_request_duration_seconds, sidecar_request_bytes_total,
 sidecar_response_bytes_total, sidecar_connections_active/_total,
 sidecar_upstream_retries_total, sidecar_ratelimit_decisions_total,
-sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total;
-with `telemetry.istio_compat`, Istio's istio_requests_total and
+sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total,
+sidecar_tcp_received_bytes_total/_sent_bytes_total (byte tunnels); with
+`telemetry.istio_compat`, Istio's istio_requests_total and
 istio_request_duration_milliseconds too.
 
 Label values are bounded: routes and services come from config (sidecar.metrics.labels),
@@ -25,6 +26,9 @@ from sidecar.telemetry import (
 # fastpath/stats.pxd StatsMetric
 M_RATELIMIT, M_AUTHZ, M_CACHE, M_RETRIES, M_CIRCUIT_BREAKER_OPEN = 1, 2, 3, 4, 5
 M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED = 6, 7
+M_TCP_BYTES = 8                 # a=direction, b=0 from the downstream client, 1 to it
+M_TCP_TUNNELS = 9               # a=direction, b=path (TUNNEL_PATHS)
+TUNNEL_PATHS = ("kernel", "userspace")   # fastpath/tunnel.pyx PATH_*
 GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN})
 
 _LE = tuple("%g" % b for b in DURATION_BOUNDS) + ("+Inf",)
@@ -152,8 +156,15 @@ class WorkerStatsCollector:
         cache = CounterMetricFamily("sidecar_cache_lookups_total", "Response cache lookups",
                                     labels=["route", "result"])
         dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0}
+        tcp_bytes = {(d, b): 0 for d in range(2) for b in range(2)}
+        tunnels = {}
         for (metric, a, b), value in counters.items():
-            if metric == M_RETRIES:
+            if metric == M_TCP_BYTES:
+                tcp_bytes[(a & 1, b & 1)] += value
+            elif metric == M_TCP_TUNNELS:
+                key = (DIRECTIONS[a & 1], TUNNEL_PATHS[b] if b < len(TUNNEL_PATHS) else "other")
+                tunnels[key] = tunnels.get(key, 0) + value
+            elif metric == M_RETRIES:
                 retries.add_metric([services.get(a, "_other") if a else "_passthrough",
                                     RETRY_REASONS.get(b, "other")], value)
             elif metric == M_RATELIMIT:
@@ -165,6 +176,23 @@ class WorkerStatsCollector:
             elif metric in dropped:
                 dropped[metric] += value
         yield from (retries, ratelimit, authz, cache)
+
+        # Byte tunnels (opaque TCP, upgraded connections), spliced ones included.
+        for b, name, doc in ((0, "sidecar_tcp_received_bytes_total",
+                              "Bytes received from downstream clients through byte tunnels"),
+                             (1, "sidecar_tcp_sent_bytes_total",
+                              "Bytes sent to downstream clients through byte tunnels")):
+            family = CounterMetricFamily(name, doc, labels=["direction"])
+            for d, direction in enumerate(DIRECTIONS):
+                family.add_metric([direction], tcp_bytes[(d, b)])
+            yield family
+        family = CounterMetricFamily("sidecar_tcp_tunnels_total",
+                                     "Byte tunnels by how their bytes are forwarded: kernel "
+                                     "(spliced) or userspace (copied by a worker)",
+                                     labels=["direction", "path"])
+        for key, value in sorted(tunnels.items()):
+            family.add_metric(list(key), value)
+        yield family
 
         breakers = GaugeMetricFamily("sidecar_circuit_breaker_open",
                                      "Workers whose circuit breaker for the service is open",

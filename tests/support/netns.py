@@ -181,6 +181,23 @@ class NetnsSidecar:
         assert status == 200, body
         return json.loads(body)
 
+    def metrics(self):
+        """The Prometheus text of /metrics, scraped inside the namespace."""
+        import http.client
+        host, _, port = self.config["telemetry"]["metrics"]["listen"].rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+
+        def call():
+            c = http.client.HTTPConnection(host, int(port), timeout=5)
+            try:
+                c.request("GET", "/metrics")
+                r = c.getresponse()
+                assert r.status == 200, r.status
+                return r.read().decode()
+            finally:
+                c.close()
+        return self.ns.call(call)
+
     def wait_ready(self, timeout=15.0):
         deadline = time.monotonic() + timeout
         last = None
