@@ -4,7 +4,9 @@ and replaces it; `sidecar bpf cleanup --stale` removes only instances whose owne
 a live owner's instance refuses a second sidecar and is never cleaned up from under it.
 
 What is left is checked with bpftool (links, programs, cgroup attachments), tc on the pod
-interface, iptables-save in the pod, and the bpffs directory. The ebpf cases take a few
+interface, iptables-save in the pod, and the bpffs directory. Both modes run with
+`accelerate_local`, so every program family is loaded (in iptables mode the loader runs
+for the data-path families: local hops and splice) and must be gone after a stop. The ebpf cases take a few
 seconds each: every sidecar start runs the loader (bcc compiles the programs, ~1.5 s),
 and these tests need two starts.
 """
@@ -53,6 +55,7 @@ class Pod:
         self.server = stack.enter_context(TcpServer(self.peer, (PEER_V4, HTTP_PORT), echo_headers_handler))
 
     def sidecar(self, extra=None, **kw):
+        extra = dict(extra or {}, interception={"accelerate_local": True})
         return NetnsSidecar(self.ns, mode=self.mode, app_cgroup=self.app_cg, cgroup=self.sidecar_cg,
                             interface=self.dev, extra=extra, **kw)
 
@@ -62,10 +65,11 @@ class Pod:
         return "x-request-id" in r["headers"]
 
     def leftovers(self, ids=None, instance=None):
-        if self.mode == "ebpf":
-            return ebpf_leftovers(self.ns, instance or ids["instance"], ids,
-                                  cgroups=(self.app_cg.path, self.sidecar_cg.path), interface=self.dev)
-        return iptables_leftovers(self.ns)
+        left = ebpf_leftovers(self.ns, instance or ids["instance"], ids,
+                              cgroups=(self.app_cg.path, self.sidecar_cg.path), interface=self.dev)
+        if self.mode == "iptables":
+            left += iptables_leftovers(self.ns)
+        return left
 
     def bpf(self, *args):
         """`sidecar bpf ...` run inside the pod; (exit code, stdout, stderr)."""
@@ -86,7 +90,7 @@ def _instance(sc):
 
 
 def _ids(pod, sc):
-    return bpf_ids(sc) if pod.mode == "ebpf" else None
+    return bpf_ids(sc)
 
 
 def test_stop_removes_everything_it_attached(pod):

@@ -14,10 +14,12 @@ def _run(cmd):
 
 
 def bpf_ids(sidecar):
-    """{"links": [...], "progs": [...]} of an ebpf sidecar's attachments, from /stats."""
+    """{"links": [...], "progs": [...]} of a sidecar's BPF attachments, from /stats: the
+    ebpf mode's, or the data-path programs an iptables-mode sidecar loaded."""
     info = sidecar.stats()["interception"]
-    return {"links": [l["link_id"] for l in info["links"]],
-            "progs": [l["prog_id"] for l in info["links"]],
+    links = info.get("links") or (info.get("programs") or {}).get("links") or []
+    return {"links": [l["link_id"] for l in links],
+            "progs": [l["prog_id"] for l in links],
             "instance": info["instance"]}
 
 
