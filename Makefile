@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-mesh bench-management clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-datapath clean
 
 setup:
 	@scripts/setup-host.sh
@@ -20,9 +20,13 @@ bench: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.kernel_datapath
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
+
+bench-datapath: setup
+	$(PY) -m benchmarks.kernel_datapath $(DATAPATH_ARGS)
 
 bench-management: setup
 	$(PY) -m benchmarks.management $(BENCH_ARGS)

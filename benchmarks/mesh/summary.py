@@ -54,6 +54,15 @@ TARGETS = (
            "bpf-sidecar", "tcp", "mb_per_s", "direct", 0.8, False),
 )
 
+# The kernel layer's targets (issue 3): acceleration against the same sidecar without it,
+# and the spliced passthrough (eBPF rows splice tunnels) against a direct connection.
+TARGETS += (
+    Target("accel-cpu-vs-unaccelerated", "CPU per request (both sidecars), eBPF + acceleration vs eBPF alone",
+           "bpf-sidecar-ebpf-accel", "closed-c32-0", "cpu_us_per_req", "bpf-sidecar-ebpf", 0.6, True),
+    Target("spliced-passthrough-vs-direct", "spliced TCP passthrough throughput (eBPF) vs direct",
+           "bpf-sidecar-ebpf", "tcp", "mb_per_s", "direct", 0.8, False),
+)
+
 
 def _add_added_latency(records):
     direct = {(r["round"], r["load"]): r for r in records if r["scenario"] == "direct" and not r.get("error")}
