@@ -98,7 +98,6 @@ class Splicer:
         self.epoll = None
         self.watched = {}            # fd -> (SplicedTunnel, end index)
         self.live = set()
-        self.counts = {"spliced": 0, "userspace": 0, "hop_sockets": 0}
         self.fold_handle = None
 
     # -- maps ---------------------------------------------------------------------------
@@ -166,11 +165,9 @@ class Splicer:
             return
         socks = [end.transport.get_extra_info("socket") for end in (tunnel.down, tunnel.up)]
         if any(s is None for s in socks) or tunnel.down.eof or tunnel.up.eof:
-            self.counts["userspace"] += 1
             tunnel.record_path(PATH_USERSPACE)
             return
         if any(self.is_local_hop(s) for s in socks):
-            self.counts["hop_sockets"] += 1
             tunnel.record_path(PATH_USERSPACE)
             return
         SplicedTunnel(self, tunnel, socks).begin()
@@ -178,7 +175,10 @@ class Splicer:
     # -- the watcher ----------------------------------------------------------------------
 
     def watch(self, fd, spliced, index):
-        self.epoll.register(fd, WATCH)
+        try:
+            self.epoll.register(fd, WATCH)
+        except FileExistsError:      # an earlier tunnel's registration of this fd number
+            self.epoll.modify(fd, WATCH)
         self.watched[fd] = (spliced, index)
 
     def unwatch(self, fd, spliced):
@@ -287,7 +287,6 @@ class SplicedTunnel:
 
     def _stay_in_userspace(self, why):
         log.debug("tcp tunnel stays in userspace: %s", why)
-        self.splicer.counts["userspace"] += 1
         self.tunnel.record_path(PATH_USERSPACE)
         for end in self.ends:
             end.kernel = False
@@ -336,7 +335,6 @@ class SplicedTunnel:
                     self.cookies[index ^ 1], 0, SPLICE_USER, 0))
             self._stay_in_userspace("bytes arrived during the hand-off")
             return
-        sp.counts["spliced"] += 1
         self.kernel = [True, True]
         for index in (0, 1):
             sp.watch(self.fds[index], self, index)

@@ -27,6 +27,7 @@ cdef class Tunnel:
     cdef WorkerStats stats
     cdef int direction          # DIR_INBOUND / DIR_OUTBOUND (stats.pxd)
     cdef bint counted_closed
+    cdef bint path_recorded
     cdef public object splice   # fastpath.splice.SplicedTunnel while spliced, else None
     cdef public int splice_attempts
 

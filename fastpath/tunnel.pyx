@@ -169,7 +169,11 @@ cdef class Tunnel:
             self.stats.counter_add(M_TCP_BYTES, self.direction, index, n)
 
     cpdef record_path(self, int path):
-        """Counts this tunnel under `path` (PATH_*), once, when its forwarding is decided."""
+        """Counts this tunnel under `path` (PATH_*) when its forwarding is decided; once
+        (a tunnel that ends before that counts as userspace)."""
+        if self.path_recorded:
+            return
+        self.path_recorded = True
         if self.stats is not None:
             self.stats.counter_add(M_TCP_TUNNELS, self.direction, path, 1)
 
@@ -184,6 +188,7 @@ cdef class Tunnel:
         if self.counted_closed:
             return
         self.counted_closed = True
+        self.record_path(PATH_USERSPACE)
         if self.splice is not None:
             splice, self.splice = self.splice, None
             try:

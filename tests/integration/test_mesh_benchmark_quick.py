@@ -104,7 +104,8 @@ def test_rows_waiting_for_a_feature_are_not_available_with_a_reason(quick_mesh):
         if info["status"] == "n.a.":
             assert info["reason"]
     verdicts = {t["target"]: t["verdict"] for t in document["targets"]}
-    assert set(verdicts) == {"cpu-vs-nginx", "cpu-vs-haproxy", "latency-vs-nginx", "passthrough-vs-direct"}
+    assert set(verdicts) == {"cpu-vs-nginx", "cpu-vs-haproxy", "latency-vs-nginx", "passthrough-vs-direct",
+                             "accel-cpu-vs-unaccelerated", "spliced-passthrough-vs-direct"}
     assert set(verdicts.values()) <= {"PASS", "FAIL", "n.a."}
     assert verdicts["passthrough-vs-direct"] in ("PASS", "FAIL")
 
