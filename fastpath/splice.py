@@ -221,7 +221,6 @@ class SplicedTunnel:
     # -- 1. stop reading, let the worker's own bytes out -------------------------------------
 
     def begin(self):
-        log.debug("hand-off %s try %d", self.fds, self.tunnel.splice_attempts)
         for end in self.ends:
             end.kernel = True
             end.transport.pause_reading()
@@ -260,7 +259,7 @@ class SplicedTunnel:
     def _try_later(self):
         """The tunnel is too busy to stop at an skb boundary now: copy in userspace a while
         and try again (a few times)."""
-        log.debug("hand-off %s: busy, later", self.fds)
+        log.debug("tcp tunnel %s: too busy to hand off, trying again", self.fds)
         for end in self.ends:
             end.kernel = False
             if not end.closed:
@@ -325,7 +324,10 @@ class SplicedTunnel:
             self._stay_in_userspace("kernel splice refused the upstream socket: %s" % e.strerror)
             return
         for s in self.socks:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass                 # a socket that broke meanwhile: the watcher reports it
         entries = [sp.end_entry(c) for c in self.cookies]
         if any(e is not None and e[2] == SPLICE_USER for e in entries):
             # Bytes arrived between the two inserts: both directions stay in userspace
@@ -338,7 +340,7 @@ class SplicedTunnel:
         self.kernel = [True, True]
         for index in (0, 1):
             sp.watch(self.fds[index], self, index)
-        log.debug("hand-off %s: spliced", self.fds)
+        log.debug("tcp tunnel %s: spliced", self.fds)
         self.tunnel.record_path(PATH_KERNEL)
 
     # -- 5. EOF and errors ------------------------------------------------------------------
@@ -367,7 +369,6 @@ class SplicedTunnel:
 
     def _drain(self, index):
         """Passes the EOF received on end `index` on once the kernel forwarded all before it."""
-        log.debug("drain %s %d", self.fds, index)
         end = self.ends[index]
         peer_index = index ^ 1
         if end.closed or self.ends[peer_index].closed:
