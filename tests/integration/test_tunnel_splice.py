@@ -153,7 +153,6 @@ def _pod(mode, extra=None):
     config = {"inbound": {"tcp_passthrough_ports": [DB_PORT]},
               "interception": {"exclude_inbound_ports": []}}
     config["interception"].update(extra or {})
-    if os.environ.get("SPLICE_DEBUG"): config["log_level"] = "debug"
     sc = stack.enter_context(NetnsSidecar(
         pod, mode=mode, app_cgroup=app_cg, cgroup=sc_cg, interface=dev,
         app=("127.0.0.1", HTTP_APP_PORT), extra=config))
