@@ -15,8 +15,9 @@ exponential backoff and full jitter (Retry-After honoured, up to MAX_BACKOFF), a
 and drop once the queue is full: a collector that is down or slow loses spans, never
 requests.
 
-`close()` sends what is queued within a deadline (drain) and stops; with `wait=False`
-(a reload that replaced the exporter) it returns at once and the thread finishes alone.
+`close()` sends what is queued within a deadline (drain), one attempt per batch, and
+stops; with `wait=False` (a reload that replaced the exporter) it returns at once and the
+thread finishes alone.
 """
 import base64
 import collections
@@ -170,7 +171,9 @@ class SpanExporter:
             try:
                 rejected, message = self._post(body)
             except ExportError as e:
-                if not e.retryable or attempt >= self.max_attempts:
+                # Closing: one attempt per batch, so a collector that is down does not
+                # hold up the worker's exit.
+                if not e.retryable or attempt >= self.max_attempts or self._stopping.is_set():
                     log.warning("span export to %s failed (%s): %d spans lost", self.endpoint,
                                 e, len(batch))
                     self._count_failed(len(batch))
