@@ -591,17 +591,6 @@ cdef class HttpDownstream(ResponseSink):
                 (self.rec.trace.trace_hi, self.rec.trace.trace_lo) if trace else None,
                 self.rec.trace.span_id if trace else None)
 
-    def trace_context(self):
-        """The trace context of the exchange in flight or just ended (tests and tools):
-        (trace id, span id, parent id or None, sampled) as hex text, or None."""
-        cdef unsigned int fl = self.rec.trace.flags
-        if not fl & TRACE_ON:
-            return None
-        return ("%016x%016x" % (self.rec.trace.trace_hi, self.rec.trace.trace_lo),
-                "%016x" % self.rec.trace.span_id,
-                "%016x" % self.rec.trace.parent_id if self.rec.trace.parent_id else None,
-                bool(fl & TRACE_SAMPLED))
-
     def refuse_not_http(self):
         """The connection's first bytes are not an HTTP/1 request and cannot go anywhere else."""
         self._reject(400, b"not an HTTP/1 request")

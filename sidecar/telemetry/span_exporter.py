@@ -136,13 +136,21 @@ class SpanExporter:
     # -- the exporter thread ----------------------------------------------------------------
 
     def _run(self):
+        # Full batches go at once; a partial one waits for the interval (or the close),
+        # so a steady trickle of spans makes one request per interval, not one per span.
+        queue = self.queue
+        next_flush = time.monotonic() + self.interval
         try:
             while True:
-                self._wake.wait(self.interval)
+                self._wake.wait(max(0.0, next_flush - time.monotonic()))
                 self._wake.clear()
                 stopping = self._stopping.is_set()
-                while self.queue and not self._past_deadline():
+                while len(queue) >= self.batch_size and not self._past_deadline():
                     self._export(self._take_batch())
+                if stopping or time.monotonic() >= next_flush:
+                    while queue and not self._past_deadline():
+                        self._export(self._take_batch())
+                    next_flush = time.monotonic() + self.interval
                 if stopping:
                     break
         finally:
