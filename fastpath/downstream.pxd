@@ -4,6 +4,7 @@ from fastpath.head_rewrite cimport RequestId
 from fastpath.upstream cimport ResponseSink, UpstreamConnection, EndpointPool
 from fastpath.exchange cimport ExchangeRecord
 from fastpath.stats cimport WorkerStats
+from fastpath.trace_context cimport Tracer
 
 cdef class HttpDownstream
 
@@ -30,6 +31,7 @@ cdef class ListenerContext:
     cdef readonly unsigned long long upstream_errors
     cdef WorkerStats worker_stats       # the worker's shared-memory counters, or None
     cdef object access_log              # telemetry's queue of finished exchanges, or None
+    cdef Tracer tracer                  # trace context and sampled spans, or None
     cdef int direction_index            # DIR_INBOUND / DIR_OUTBOUND (stats.pxd)
 
     cdef void exchange_done(self, HttpDownstream conn)

@@ -33,7 +33,8 @@ from fastpath.head_rewrite cimport (
 from fastpath.upstream cimport (
     ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
 )
-from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC
+from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC, TRACE_ON, TRACE_SAMPLED
+from fastpath.trace_context cimport Tracer
 from fastpath.stats cimport WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP
 from fastpath.tunnel import join_tunnel
 from fastpath.original_destination import original_destination
@@ -95,11 +96,13 @@ cdef class ListenerContext:
         self.draining = False
         self.direction_index = DIR_OUTBOUND if direction == "outbound" else DIR_INBOUND
 
-    def attach_telemetry(self, WorkerStats stats, access_log=None):
+    def attach_telemetry(self, WorkerStats stats, access_log=None, Tracer tracer=None):
         """Where finished exchanges are counted (shared memory) and logged (a queue with
-        a `push(facts)` method, or None for no access log)."""
+        a `push(facts)` method, or None for no access log), and the tracer that gives
+        them a trace context and exports the sampled ones (None: no tracing)."""
         self.worker_stats = stats
         self.access_log = access_log
+        self.tracer = tracer
 
     def configure(self, Limits limits, EndpointPool app_pool=None, router=None,
                   double header_read_timeout=10.0, double idle_timeout=300.0,
@@ -141,6 +144,8 @@ cdef class ListenerContext:
             stats.record_exchange(self.direction_index, &conn.rec, now)
         if self.access_log is not None:
             self.access_log.push(conn.exchange_facts(now))
+        if conn.rec.trace.flags & TRACE_SAMPLED and self.tracer is not None:
+            _export_span(self, conn, now)
 
     @property
     def active_connections(self):
@@ -273,6 +278,8 @@ cdef class HttpDownstream(ResponseSink):
         cdef bytes head
         cdef bytes authority = None
         self._begin_record(req.method)
+        if self.ctx.tracer is not None:
+            self.ctx.tracer.start_exchange(&self.rec.trace, req)
         self.response_started = False
         self.request_done = False
         self.retried = False
@@ -305,7 +312,9 @@ cdef class HttpDownstream(ResponseSink):
             self.deadline = 0
             self.deadline_kind = DL_NONE
         head = build_request_head(req, self.client_ip if self.ctx.add_xff else None,
-                                  self.ctx.request_id, authority)
+                                  self.ctx.request_id, authority, &self.rec.trace)
+        if req.request_id_index < 0:
+            self.rec.request_id_seq = self.ctx.request_id.lo
         self.retry_head = head if req.body_kind == BODY_NONE else None
         self.to_upstream.append(head)
         self.to_upstream_bytes = PyBytes_GET_SIZE(head)
@@ -594,18 +603,23 @@ cdef class HttpDownstream(ResponseSink):
         cdef MessageHead req = self.req
         cdef EndpointPool pool = self.pool
         cdef bint parsed = req.buf != NULL and req.end > req.start
+        cdef char generated[36]
         request_id = None
         if parsed and req.request_id_index >= 0:
             request_id = req.field_value(req.request_id_index)
-        elif pool is not None:
-            request_id = self.ctx.request_id.text[:36]     # generated for this request
+        elif self.rec.request_id_seq:
+            self.ctx.request_id.format(self.rec.request_id_seq, generated)
+            request_id = generated[:36]
+        trace = self.rec.trace.flags & TRACE_ON
         return (self.ctx.direction, self.rec.start, now,
                 req.method_bytes if parsed else None, req.target if parsed else None,
                 req.get(b"host") if parsed else None, request_id,
                 self.rec.route, self.rec.service,
                 (pool.host, pool.port) if pool is not None else None,
                 self.rec.status, self.rec.flags, self.rec.request_bytes,
-                self.rec.response_bytes, self.rec.retries, self.client_ip)
+                self.rec.response_bytes, self.rec.retries, self.client_ip,
+                (self.rec.trace.trace_hi, self.rec.trace.trace_lo) if trace else None,
+                self.rec.trace.span_id if trace else None)
 
     def refuse_not_http(self):
         """The connection's first bytes are not an HTTP/1 request and cannot go anywhere else."""
@@ -657,3 +671,29 @@ cdef class HttpDownstream(ResponseSink):
                 self.transport.abort()
             else:
                 self._local_response(504, "upstream request timeout", True)
+
+
+# -- tracing ------------------------------------------------------------------------------
+
+cdef void _export_span(ListenerContext ctx, HttpDownstream conn, double now):
+    """Hands the span of the sampled exchange that just ended to the tracer's exporter."""
+    cdef Tracer tracer = ctx.tracer
+    cdef MessageHead req = conn.req
+    cdef EndpointPool pool = conn.pool
+    cdef char generated[36]
+    cdef const char* request_id = NULL
+    cdef Py_ssize_t request_id_len = 0
+    if tracer.exporter is None or req.buf == NULL:
+        return
+    if req.request_id_index >= 0:
+        request_id = req.buf + req.fields[req.request_id_index].value_start
+        request_id_len = (req.fields[req.request_id_index].value_end
+                          - req.fields[req.request_id_index].value_start)
+    elif conn.rec.request_id_seq:
+        ctx.request_id.format(conn.rec.request_id_seq, generated)
+        request_id = generated
+        request_id_len = 36
+    tracer.export_exchange(ctx.direction_index, &conn.rec, req,
+                           pool.host if pool is not None else None,
+                           pool.port if pool is not None else 0,
+                           conn.client_ip, request_id, request_id_len, now)

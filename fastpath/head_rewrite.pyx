@@ -6,9 +6,10 @@ fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are removed
 framing is written anew from what the parser decided (one `content-length`, or
 `transfer-encoding: chunked` for a body we re-frame), never copied, so no ambiguity the
 client sent can reach the app; `x-forwarded-for` gets the client address appended;
-`x-request-id` is kept, or generated. An upgrade keeps `upgrade` and says
-`connection: upgrade`. A field the client names in Connection is hop-by-hop whatever its
-name: a nominated `x-forwarded-for` is not merged into ours, a nominated `x-request-id`
+`x-request-id` is kept, or generated; the trace context fields are written by
+trace_context.pyx (those it replaces are marked dropped). An upgrade keeps `upgrade` and
+says `connection: upgrade`. A field the client names in Connection is hop-by-hop whatever
+its name: a nominated `x-forwarded-for` is not merged into ours, a nominated `x-request-id`
 is replaced by a generated one (the upstream always gets exactly one); only Host stays.
 
 An HTTP/1.0 request may come without Host; HTTP/1.1 requires one (RFC 9112 3.2), so the
@@ -33,6 +34,8 @@ from libc.string cimport memcpy
 from fastpath.parser cimport (
     MessageHead, Field, BODY_CHUNKED, HDR_UPGRADE, HDR_X_FORWARDED_FOR,
 )
+from fastpath.exchange cimport TraceContext
+from fastpath.trace_context cimport Tracer, trace_headers_size, put_trace_headers
 
 
 cdef class RequestId:
@@ -50,14 +53,18 @@ cdef class RequestId:
             self.lo = (self.lo << 8) | p[8 + k]
 
     cdef void next(self):
-        cdef char tmp[40]
         self.lo += 1
+        self.format(self.lo, self.text)
+
+    cdef void format(self, unsigned long long lo, char* out) noexcept:
+        """Writes the 36 characters of the id with counter `lo` (self.lo after its next())."""
+        cdef char tmp[40]
         snprintf(tmp, 40, b"%08x-%04x-4%03x-%04x-%012llx",
                  <unsigned int>(self.hi >> 32), <unsigned int>((self.hi >> 16) & 0xffff),
                  <unsigned int>(self.hi & 0xfff),
-                 <unsigned int>(0x8000 | ((self.lo >> 48) & 0x3fff)),
-                 <unsigned long long>(self.lo & 0xffffffffffffULL))
-        memcpy(self.text, tmp, 36)
+                 <unsigned int>(0x8000 | ((lo >> 48) & 0x3fff)),
+                 <unsigned long long>(lo & 0xffffffffffffULL))
+        memcpy(out, tmp, 36)
 
     @property
     def current(self):
@@ -161,10 +168,11 @@ cdef bytes host_for(MessageHead h, bytes destination):
 
 
 cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id,
-                              bytes authority):
-    """The head to send upstream for the request `h` (see the module rules). `authority`
-    is the Host value for a request without Host (`host_for`; None writes an empty one,
-    as RFC 9112 3.2 says a client with no authority does); ignored when `h` has Host."""
+                              bytes authority, const TraceContext* trace):
+    """The head to send upstream for the request `h` (see the module rules), with the
+    trace fields of `trace` (NULL: none). `authority` is the Host value for a request
+    without Host (`host_for`; None writes an empty one, as RFC 9112 3.2 says a client with
+    no authority does); ignored when `h` has Host."""
     cdef char length_text[32]
     cdef int length_len = 0
     cdef Py_ssize_t total
@@ -192,6 +200,8 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
     if add_id:
         request_id.next()
         total += 14 + 36 + 2
+    if trace != NULL:
+        total += trace_headers_size(trace, h)
 
     out = PyBytes_FromStringAndSize(NULL, total)
     w = PyBytes_AS_STRING(out)
@@ -219,6 +229,8 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
         w = _put(w, b"x-request-id: ", 14)
         w = _put(w, request_id.text, 36)
         w = _put(w, b"\r\n", 2)
+    if trace != NULL:
+        w = put_trace_headers(w, trace, h)
     _put(w, b"\r\n", 2)
     return out
 
@@ -269,11 +281,16 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
 
 
 def rewrite_request(MessageHead h, bytes client_ip=None, RequestId request_id=None,
-                    bytes destination=None):
+                    bytes destination=None, Tracer tracer=None):
     """Python entry for tests: the forwarded head of request `h`; `destination` is the
-    authority the proxy knows for a request without Host (see `host_for`)."""
-    return build_request_head(h, client_ip, request_id or RequestId(),
-                              host_for(h, destination) if h.host_index < 0 else None)
+    authority the proxy knows for a request without Host (see `host_for`); the trace
+    fields are those `tracer` gives it, when one is passed."""
+    cdef TraceContext trace
+    cdef bytes authority = host_for(h, destination) if h.host_index < 0 else None
+    if tracer is None:
+        return build_request_head(h, client_ip, request_id or RequestId(), authority, NULL)
+    tracer.start_exchange(&trace, h)
+    return build_request_head(h, client_ip, request_id or RequestId(), authority, &trace)
 
 
 def host_for_request(MessageHead h, bytes destination=None):

@@ -100,6 +100,14 @@ cdef int _header_kind(const char* p, Py_ssize_t n):
         return HDR_TRANSFER_ENCODING
     if n == 12 and _is_name(p, n, b"x-request-id", 12):
         return HDR_X_REQUEST_ID
+    if n >= 10 and (p[0] == b'x' or p[0] == b'X') and _is_name(p, 5, b"x-b3-", 5):
+        return _b3_header_kind(p + 5, n - 5)
+    if n == 11 and _is_name(p, n, b"traceparent", 11):
+        return HDR_TRACEPARENT
+    if n == 10 and _is_name(p, n, b"tracestate", 10):
+        return HDR_TRACESTATE
+    if n == 2 and _is_name(p, n, b"b3", 2):
+        return HDR_B3
     if n == 15 and _is_name(p, n, b"x-forwarded-for", 15):
         return HDR_X_FORWARDED_FOR
     if n == 7:
@@ -113,6 +121,21 @@ cdef int _header_kind(const char* p, Py_ssize_t n):
         return HDR_TE
     if n == 16 and _is_name(p, n, b"proxy-connection", 16):
         return HDR_PROXY_CONNECTION
+    return HDR_OTHER
+
+
+cdef int _b3_header_kind(const char* p, Py_ssize_t n):
+    """The kind of an `x-b3-` field from the rest of its name."""
+    if n == 7 and _is_name(p, n, b"traceid", 7):
+        return HDR_X_B3_TRACEID
+    if n == 6 and _is_name(p, n, b"spanid", 6):
+        return HDR_X_B3_SPANID
+    if n == 12 and _is_name(p, n, b"parentspanid", 12):
+        return HDR_X_B3_PARENTSPANID
+    if n == 7 and _is_name(p, n, b"sampled", 7):
+        return HDR_X_B3_SAMPLED
+    if n == 5 and _is_name(p, n, b"flags", 5):
+        return HDR_X_B3_FLAGS
     return HDR_OTHER
 
 
@@ -167,6 +190,7 @@ cdef class MessageHead:
         self.expect_continue = False
         self.host_index = -1
         self.request_id_index = -1
+        self.trace_fields = 0
         self.error_status = 0
         self.error_reason = NULL
 
@@ -399,6 +423,10 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
     for i in range(h.nfields):
         f = &h.fields[i]
         if f.kind == HDR_OTHER:
+            continue
+        if f.kind >= HDR_TRACEPARENT:
+            # End-to-end: kept; the tracer reads (and may replace) them.
+            h.trace_fields |= 1 << (f.kind - HDR_TRACEPARENT)
             continue
         if f.kind == HDR_CONTENT_LENGTH:
             has_cl = True

@@ -409,6 +409,12 @@ def _access_log_format(text: str) -> str:
     from sidecar.telemetry.access_log import check_format
     return check_format(text)
 
+
+def _otlp_endpoint(text: str) -> str:
+    from sidecar.telemetry.span_exporter import traces_url
+    traces_url(text)            # raises ValueError with the reason
+    return text
+
 KERNEL = Section([
     Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")), "dropped in the kernel"),
     Field("allow_inbound_ports", ListOf(PORT), "default: all ports allowed"),
@@ -441,9 +447,11 @@ TELEMETRY = Section([
         Field("format", Str(_access_log_format), "json, or a template of %field% (Envoy's operators too)"),
     ], AccessLog)),
     Field("tracing", Section([
-        Field("propagate", ListOf(Enum("w3c", "b3")), "trace header formats"),
-        Field("sample", PERCENT, "share of traces sampled"),
-        Field("otlp_endpoint", Str(), "OTLP collector (default: none)"),
+        Field("propagate", ListOf(Enum("w3c", "b3")),
+              "trace header formats read and written, first match wins ([] for none)"),
+        Field("sample", PERCENT, "share of new traces sampled (an incoming decision is followed)"),
+        Field("otlp_endpoint", Str(_otlp_endpoint, "an http(s) URL"),
+              "OTLP/HTTP collector, e.g. http://otel-collector:4318 (default: none)"),
     ], Tracing)),
     Field("istio_compat", Bool(), "also emit Istio's standard metric names"),
 ], Telemetry)

@@ -6,7 +6,8 @@ Python per request. Families (SPEC.md, "Metrics"): sidecar_requests_total,
 sidecar_request_duration_seconds, sidecar_request_bytes_total,
 sidecar_response_bytes_total, sidecar_connections_active/_total,
 sidecar_upstream_retries_total, sidecar_ratelimit_decisions_total,
-sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total;
+sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total,
+sidecar_access_log_dropped_total, sidecar_tracing_spans_{dropped,exported,failed}_total;
 with `telemetry.istio_compat`, Istio's istio_requests_total and
 istio_request_duration_milliseconds too.
 
@@ -24,7 +25,7 @@ from sidecar.telemetry import (
 
 # fastpath/stats.pxd StatsMetric
 M_RATELIMIT, M_AUTHZ, M_CACHE, M_RETRIES, M_CIRCUIT_BREAKER_OPEN = 1, 2, 3, 4, 5
-M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED = 6, 7
+M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
 GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN})
 
 _LE = tuple("%g" % b for b in DURATION_BOUNDS) + ("+Inf",)
@@ -151,7 +152,7 @@ class WorkerStatsCollector:
                                     labels=["route", "decision"])
         cache = CounterMetricFamily("sidecar_cache_lookups_total", "Response cache lookups",
                                     labels=["route", "result"])
-        dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0}
+        dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0, M_SPANS_EXPORTED: 0, M_SPANS_FAILED: 0}
         for (metric, a, b), value in counters.items():
             if metric == M_RETRIES:
                 retries.add_metric([services.get(a, "_other") if a else "_passthrough",
@@ -177,6 +178,14 @@ class WorkerStatsCollector:
         yield CounterMetricFamily("sidecar_access_log_dropped_total",
                                   "Access log lines dropped because the queue was full",
                                   value=dropped[M_ACCESS_LOG_DROPPED])
+        for metric, name, doc in (
+                (M_SPANS_DROPPED, "sidecar_tracing_spans_dropped_total",
+                 "Spans dropped because the export queue was full (or unsent at shutdown)"),
+                (M_SPANS_EXPORTED, "sidecar_tracing_spans_exported_total",
+                 "Spans the OTLP collector accepted"),
+                (M_SPANS_FAILED, "sidecar_tracing_spans_failed_total",
+                 "Spans lost to OTLP export errors or rejected by the collector")):
+            yield CounterMetricFamily(name, doc, value=dropped[metric])
         yield CounterMetricFamily("sidecar_stats_overflow_total",
                                   "Requests counted under the _other labels (stats table full)",
                                   value=overflow)
