@@ -37,7 +37,7 @@ def forwarded(*fields, propagate=("w3c", "b3"), sample=0.0):
     t = tracer(propagate, sample)
     TC.trace_headers(t, head(*fields))            # checks the size it allocates by
     h = head(*fields)
-    out = HR.rewrite_request(h, None, None, t)
+    out = HR.rewrite_request(h, None, None, tracer=t)
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(out)
     event = conn.next_event()
