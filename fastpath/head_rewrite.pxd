@@ -14,6 +14,6 @@ cdef class RequestId:
     cdef char text[36]
     cdef void next(self)
 
-cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id)
+cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id, bytes extra)
 cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep_alive_header,
-                               const char* tail, Py_ssize_t tail_len)
+                               bytes extra, const char* tail, Py_ssize_t tail_len)

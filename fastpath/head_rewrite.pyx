@@ -6,8 +6,10 @@ fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are removed
 framing is written anew from what the parser decided (one `content-length`, or
 `transfer-encoding: chunked` for a body we re-frame), never copied, so no ambiguity the
 client sent can reach the app; `x-forwarded-for` gets the client address appended;
-`x-request-id` is kept, or generated. An upgrade keeps `upgrade` and says
-`connection: upgrade`.
+`x-request-id` is kept, or generated (the caller advances the RequestId first, so it
+knows the id too). An upgrade keeps `upgrade` and says `connection: upgrade`. Route
+policy's header edits come as fields already flagged `drop` and as `extra`, field lines
+written after the rest.
 
 Responses: the same removal, the framing the proxy chose, and `connection: close` when the
 proxy closes the client connection after this response.
@@ -120,13 +122,15 @@ cdef inline char* _put_xff_values(char* w, MessageHead h):
     return w
 
 
-cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id):
-    """The head to send upstream for the request `h` (see the module rules)."""
+cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id, bytes extra):
+    """The head to send upstream for the request `h` (see the module rules). Without an
+    x-request-id in `h`, `request_id`'s current id is added: call its next() first."""
     cdef char length_text[32]
     cdef int length_len = 0
     cdef Py_ssize_t total
     cdef Py_ssize_t ip_len = PyBytes_GET_SIZE(client_ip) if client_ip is not None else 0
     cdef bint add_id = h.request_id_index < 0
+    cdef Py_ssize_t extra_len = PyBytes_GET_SIZE(extra) if extra is not None else 0
     cdef bytes out
     cdef char* w
 
@@ -142,8 +146,8 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
     if ip_len:
         total += 17 + _xff_values_size(h) + ip_len + 2
     if add_id:
-        request_id.next()
         total += 14 + 36 + 2
+    total += extra_len
 
     out = PyBytes_FromStringAndSize(NULL, total)
     w = PyBytes_AS_STRING(out)
@@ -166,16 +170,20 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
         w = _put(w, b"x-request-id: ", 14)
         w = _put(w, request_id.text, 36)
         w = _put(w, b"\r\n", 2)
+    if extra_len:
+        w = _put(w, PyBytes_AS_STRING(extra), extra_len)
     _put(w, b"\r\n", 2)
     return out
 
 
 cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep_alive_header,
-                               const char* tail, Py_ssize_t tail_len):
-    """The head to send to the client for the response `h`, followed by `tail` (the first
-    body bytes, so a small response leaves in one write)."""
+                               bytes extra, const char* tail, Py_ssize_t tail_len):
+    """The head to send to the client for the response `h` (with the field lines `extra`
+    added), followed by `tail` (the first body bytes, so a small response leaves in one
+    write)."""
     cdef char length_text[32]
     cdef int length_len = 0
+    cdef Py_ssize_t extra_len = PyBytes_GET_SIZE(extra) if extra is not None else 0
     cdef Py_ssize_t total
     cdef bytes out
     cdef char* w
@@ -184,6 +192,7 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
         length_len = snprintf(length_text, 32, b"content-length: %lld\r\n",
                               h.content_length if h.content_length > 0 else 0)
     total = 9 + (h.line_end - h.reason_start) + 2 + _kept_fields_size(h) + length_len + 2 + tail_len
+    total += extra_len
     if h.upgrade:
         total += 21 + _fields_of_kind_size(h, HDR_UPGRADE)
     if framing == FRAME_CHUNKED:
@@ -209,17 +218,23 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
         w = _put(w, b"connection: close\r\n", 19)
     elif keep_alive_header:
         w = _put(w, b"connection: keep-alive\r\n", 24)
+    if extra_len:
+        w = _put(w, PyBytes_AS_STRING(extra), extra_len)
     w = _put(w, b"\r\n", 2)
     if tail_len:
         _put(w, tail, tail_len)
     return out
 
 
-def rewrite_request(MessageHead h, bytes client_ip=None, RequestId request_id=None):
+def rewrite_request(MessageHead h, bytes client_ip=None, RequestId request_id=None, bytes extra=None):
     """Python entry for tests: the forwarded head of request `h`."""
-    return build_request_head(h, client_ip, request_id or RequestId())
+    request_id = request_id or RequestId()
+    if h.request_id_index < 0:
+        request_id.next()
+    return build_request_head(h, client_ip, request_id, extra)
 
 
-def rewrite_response(MessageHead h, int framing, bint close=False, bint keep_alive_header=False):
+def rewrite_response(MessageHead h, int framing, bint close=False, bint keep_alive_header=False,
+                     bytes extra=None):
     """Python entry for tests: the forwarded head of response `h`."""
-    return build_response_head(h, framing, close, keep_alive_header, NULL, 0)
+    return build_response_head(h, framing, close, keep_alive_header, extra, NULL, 0)
