@@ -23,7 +23,7 @@ from sidecar.telemetry import response_flags
 
 FACTS = ("direction", "start", "end", "method", "path", "authority", "request_id", "route",
          "service", "upstream", "status", "flags", "request_bytes", "response_bytes",
-         "retries", "client")
+         "retries", "client", "principal")
 
 # The fields of a line, in JSON key order.
 FIELDS = ("start_time", "direction", "method", "path", "authority", "request_id", "route",
@@ -101,7 +101,7 @@ class Formatter:
             "bytes_sent": f["response_bytes"],
             "retries": f["retries"],
             "client": _text(f["client"]),
-            "principal": None,
+            "principal": _text(f.get("principal")),
         }
 
     def line(self, facts) -> str:
