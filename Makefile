@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-management clean
+.PHONY: setup test demo bench bench-quick bench-management bench-policy clean
 
 setup:
 	@scripts/setup-host.sh
@@ -16,9 +16,13 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.management
+	$(PY) -m benchmarks.policy
 
 bench-management: setup
 	$(PY) -m benchmarks.management $(BENCH_ARGS)
+
+bench-policy: setup
+	$(PY) -m benchmarks.policy $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick

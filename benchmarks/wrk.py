@@ -111,15 +111,19 @@ def parse_wrk_output(text):
     return result
 
 
-def run_wrk(url, *, threads, connections, duration_s, near_end=None):
+def run_wrk(url, *, threads, connections, duration_s, near_end=None, headers=()):
     """Runs wrk against url and returns (WrkResult, near_end_value).
 
-    near_end, when given, is called about half a second before the load ends (while
-    wrk is still sending) and its return value is handed back: that is where the
+    headers: extra request fields ("Name: value"). near_end, when given, is called
+    about half a second before the load ends (while wrk is still sending) and its
+    return value is handed back: that is where the
     caller samples memory under load. wrk runs in its own process group and is killed
     with it if anything goes wrong here, Ctrl-C included.
     """
-    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", url]
+    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{int(duration_s)}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
+    cmd.append(url)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
