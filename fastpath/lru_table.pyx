@@ -44,7 +44,8 @@ cdef uint64_t hash_span(const char* p, Py_ssize_t n, uint64_t seed) noexcept:
     cdef Py_ssize_t i = 0
     while i + 8 <= n:
         memcpy(&w, p + i, 8)
-        h = _mix(h ^ w) * <uint64_t>MULT
+        h = (h ^ w) * <uint64_t>MULT       # one multiply per word; the seed and the final
+        h ^= h >> 31                       # mix spread it (keys are compared on a hit)
         i += 8
     if i < n:
         w = 0

@@ -143,7 +143,6 @@ class Worker:
         old, self.snapshot = self.snapshot, snapshot
         lim = cfg.limits
         self.inbound.configure(snapshot.limits, app_pool=snapshot.app_pool,
-                               router=snapshot.router,
                                header_read_timeout=lim.header_read_timeout,
                                idle_timeout=lim.idle_timeout,
                                routes=snapshot.policy.inbound)

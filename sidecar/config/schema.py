@@ -413,6 +413,11 @@ def _check_request_edits(values, given, path, ctx):
     for index, name in enumerate(values["remove"]):
         if name == "host":
             ctx.error_at(join(join(path, "remove"), index), "an HTTP/1.1 request needs its Host")
+    for key in ("set", "add"):
+        if "x-request-id" in values[key]:
+            # The proxy keeps the client's id or generates one; a second would disagree.
+            ctx.error_at(join(join(path, key), "x-request-id"),
+                         "the request id is the proxy's (kept or generated); use %{request_id} elsewhere")
 
 
 REQUEST_HEADER_EDITS = Section(HEADER_EDITS.fields, check=_check_request_edits)

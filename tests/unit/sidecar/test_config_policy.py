@@ -30,6 +30,9 @@ def errors(text):
      "routes.0.headers.request.remove.0 (line 5): an HTTP/1.1 request needs its Host"),
     ("routes:\n  - name: r\n    headers:\n      response:\n        set: {x-a: '1'}\n        add: {x-a: '2'}\n",
      "routes.0.headers.response.add.x-a (line 6): also in set: give it in one of them"),
+    ("routes:\n  - name: r\n    headers:\n      request:\n        set: {x-request-id: abc}\n",
+     "routes.0.headers.request.set.x-request-id (line 5): the request id is the proxy's (kept or "
+     "generated); use %{request_id} elsewhere"),
     ("routes:\n  - name: r\n    match: {path_regex: '[a-'}\n",
      "routes.0.match.path_regex (line 3): invalid regular expression: unterminated character set at position 0"),
 ])
