@@ -2,6 +2,7 @@
 headers, keyed buckets under a flood of distinct keys (memory stays bounded, the hot key
 stays limited), the decisions counted, and the rate divided across workers."""
 import json
+import time
 
 import pytest
 
@@ -81,6 +82,13 @@ def test_decisions_and_flags_are_counted(env):
     assert total(text, "sidecar_ratelimit_decisions_total", route="by-ip", decision="deny") >= 2
     assert total(text, "sidecar_ratelimit_decisions_total", route="by-ip", decision="allow") >= 2
     assert total(text, "sidecar_requests_total", route="by-ip", code="429", response_flags="RL") >= 2
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and log.read_text().count('"/ip/y"') < 4:
+        time.sleep(0.1)
+    lines = [json.loads(l) for l in log.read_text().splitlines() if '"/ip/y"' in l]
+    assert len(lines) == 4 and any(l["status"] == 429 for l in lines)
+    assert all(l["response_flags"] == ("RL" if l["status"] == 429 else "-") for l in lines)
+    assert all(l["route"] == "by-ip" for l in lines)
 
 
 def test_rate_is_divided_across_workers(tmp_path):

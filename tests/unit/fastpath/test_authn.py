@@ -134,3 +134,20 @@ def test_subject_with_control_characters_is_refused(jwks):
 def test_bad_api_key_files_are_refused(text, reason):
     with pytest.raises(ValueError, match=reason):
         parse_api_keys(text)
+
+
+def test_api_key_file_changes_are_picked_up(tmp_path, jwks):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("old key-oooooooooooooooo\n")
+    watched = WatchedFile(str(keys), load_api_keys, "API key file")
+    a = Authenticator(None, None, watched)
+    old = request(b"/", b"GET", b"x-api-key: key-oooooooooooooooo")
+    new = request(b"/", b"GET", b"x-api-key: key-nnnnnnnnnnnnnnnn")
+    assert a.check(old, 0)[0] == OK and a.check(new, 0)[0] == INVALID
+    tmp = tmp_path / "keys.tmp"
+    tmp.write_text("new key-nnnnnnnnnnnnnnnn\n")
+    os.replace(tmp, keys)
+    assert watched.check()
+    assert a.check(old, 0)[0] == INVALID
+    outcome, p, _ = a.check(new, 0)
+    assert outcome == OK and p.name == b"new"
