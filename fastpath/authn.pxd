@@ -25,6 +25,8 @@ cdef class Authenticator:
     cdef bytes api_key_header          # lower-case field name
     cdef LruTable cache                # verified tokens
     cdef list cached                   # slot -> Principal
+    cdef LruTable refused              # tokens refused lately (not verified again for a while)
+    cdef list refused_entries          # slot -> (token, reason, until)
     cdef LruTable key_index            # API keys
     cdef list key_principals           # slot -> Principal
     cdef object authz                  # AuthzPolicy, or None (identity bits)

@@ -13,7 +13,9 @@ bits, in a bounded LRU table keyed by a seeded hash of the token, and a hit comp
 whole token, so a hit costs a hash, a compare and no Python object; the signature and
 claims are checked again only on a miss. An entry is good until the token's `exp` (plus
 the clock skew) or `max_cache_age`, whichever is first, and the whole cache is dropped
-when the key set file changes, so a removed key stops working at once. API keys are
+when the key set file changes, so a removed key stops working at once. Refused tokens
+are remembered too, for REFUSED_FOR seconds, so a client repeating a bad token does not
+cost a signature check per request. API keys are
 looked up the same way in a table built from the key file (compared in constant time).
 """
 from libc.math cimport INFINITY
@@ -27,6 +29,8 @@ from fastpath.lru_table cimport LruTable
 from fastpath.jwt_verify import AuthnError
 
 DEF MAX_CACHE_AGE = 300.0
+DEF REFUSED_ENTRIES = 1024
+DEF REFUSED_FOR = 10.0         # seconds a refused token is answered from the refusal cache
 
 
 cdef extern from "strings.h":
@@ -85,6 +89,8 @@ cdef class Authenticator:
         self.max_cache_age = max_cache_age
         self.cache = LruTable(cache_entries)
         self.cached = [None] * cache_entries
+        self.refused = LruTable(REFUSED_ENTRIES)
+        self.refused_entries = [None] * REFUSED_ENTRIES
         challenges = []
         if verifier is not None:
             challenges.append('www-authenticate: Bearer realm="%s"\r\n' % realm)
@@ -103,6 +109,8 @@ cdef class Authenticator:
         self.verifier.keys = list(keys)
         self.cache.clear()
         self.cached = [None] * self.cache.capacity
+        self.refused.clear()
+        self.refused_entries = [None] * self.refused.capacity
 
     def _api_keys_changed(self, keys):
         cdef int slot
@@ -176,8 +184,20 @@ cdef class Authenticator:
                     return p
                 self.cache.remove(slot)
                 self.cached[slot] = None
-        p = self._verify(token[:n], wall)
+        slot = self.refused.find(token, n)
+        if slot >= 0:
+            entry = self.refused_entries[slot]
+            if entry is not None and wall < entry[2] and entry[0] == token[:n]:
+                self.last_reason = entry[1]
+                outcome[0] = AUTHN_INVALID
+                return None
+        credential = token[:n]
+        p = self._verify(credential, wall)
         if p is None:
+            slot = self.refused.find(token, n)
+            if slot < 0:
+                slot = self.refused.insert(token, n)
+            self.refused_entries[slot] = (credential, self.last_reason, wall + REFUSED_FOR)
             outcome[0] = AUTHN_INVALID
             return None
         slot = self.cache.find(token, n)

@@ -151,3 +151,18 @@ def test_api_key_file_changes_are_picked_up(tmp_path, jwks):
     assert a.check(old, 0)[0] == INVALID
     outcome, p, _ = a.check(new, 0)
     assert outcome == OK and p.name == b"new"
+
+
+def test_a_repeated_bad_token_is_refused_from_the_refusal_cache(jwks):
+    a, watched = authenticator(jwks)
+    bad = KEYS.token("rsa-2")                          # no such key yet
+    now = time.time()
+    for _ in range(50):
+        outcome, _, reason = a.check(bearer(bad), now)
+        assert (outcome, reason) == (INVALID, "no key for this token")
+    assert a.verifications == 1
+    assert a.check(bearer(bad), now + 11)[0] == INVALID     # remembered for a while only
+    assert a.verifications == 2
+    KEYS.write_jwks(jwks, ["rsa-2"])                   # new keys forget the refusals
+    assert watched.check()
+    assert a.check(bearer(bad), now + 11)[0] == OK
