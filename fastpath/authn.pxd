@@ -16,6 +16,7 @@ cdef class Principal:
     cdef bytes credential              # the whole token or key, for exact cache compares
     cdef readonly unsigned long long identity_bits   # authz identity conditions it satisfies
     cdef readonly bytes ratelimit_key  # the rate limit's jwt:CLAIM value, or None
+    cdef readonly tuple header_claims  # values of the route's %{claim:NAME} (header-safe bytes)
     cdef readonly double expires       # Unix time it stops being valid
 
 cdef class Authenticator:
@@ -31,6 +32,7 @@ cdef class Authenticator:
     cdef list key_principals           # slot -> Principal
     cdef object authz                  # AuthzPolicy, or None (identity bits)
     cdef object ratelimit_claim        # str, or None
+    cdef list header_claims            # claim names the route's header edits use
     cdef double max_cache_age
     cdef bytes challenge               # WWW-Authenticate lines for a missing credential
     cdef str realm_text

@@ -26,6 +26,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from fastpath.parser cimport MessageHead, Field
 from fastpath.lru_table cimport LruTable
 
+from fastpath.authz import claim_values
 from fastpath.jwt_verify import AuthnError
 
 DEF MAX_CACHE_AGE = 300.0
@@ -54,13 +55,22 @@ cdef inline bint _header_safe(bytes value):
     return True
 
 
+cdef bytes _header_value(str text):
+    """A claim as a header value: UTF-8, or nothing if it has control characters."""
+    cdef bytes value = text.encode("utf-8")
+    return value if _header_safe(value) else b""
+
+
 cdef class Principal:
     def __repr__(self):
         return "Principal(%r, %s)" % (self.name, self.method)
 
 
+cdef tuple NO_CLAIMS = ()
+
+
 cdef Principal _principal(bytes name, claims, str method, bytes credential, uint64_t bits,
-                          bytes ratelimit_key, double expires):
+                          bytes ratelimit_key, double expires, tuple header_claims=NO_CLAIMS):
     cdef Principal p = Principal.__new__(Principal)
     p.name = name
     p.claims = claims
@@ -69,13 +79,14 @@ cdef Principal _principal(bytes name, claims, str method, bytes credential, uint
     p.identity_bits = bits
     p.ratelimit_key = ratelimit_key
     p.expires = expires
+    p.header_claims = header_claims
     return p
 
 
 cdef class Authenticator:
     def __cinit__(self, verifier=None, jwks=None, api_key_file=None, str api_key_header="x-api-key",
                   authz=None, ratelimit_claim=None, int cache_entries=4096,
-                  double max_cache_age=MAX_CACHE_AGE, str realm="sidecar"):
+                  double max_cache_age=MAX_CACHE_AGE, str realm="sidecar", list header_claims=None):
         """`verifier`: a JwtVerifier whose keys follow the WatchedFile `jwks`;
         `api_key_file`: a WatchedFile of {key: principal}; `authz`: the route's AuthzPolicy,
         whose identity bits are computed once per credential; `ratelimit_claim`: the claim a
@@ -86,6 +97,7 @@ cdef class Authenticator:
         self.api_key_header = api_key_header.lower().encode()
         self.authz = authz
         self.ratelimit_claim = ratelimit_claim
+        self.header_claims = header_claims if header_claims is not None else []
         self.max_cache_age = max_cache_age
         self.cache = LruTable(cache_entries)
         self.cached = [None] * cache_entries
@@ -226,11 +238,14 @@ cdef class Authenticator:
             expires = exp + self.verifier.clock_skew
         ratelimit_key = None
         if self.ratelimit_claim is not None:
-            from fastpath.authz import claim_values
             values = claim_values(claims, self.ratelimit_claim)
             ratelimit_key = values[0].encode("utf-8") if values else b""
+        header_claims = NO_CLAIMS
+        if self.header_claims:
+            header_claims = tuple(_header_value(",".join(claim_values(claims, c)))
+                                  for c in self.header_claims)
         bits = self.authz.identity_bits((name,), claims) if self.authz is not None else 0
-        return _principal(name, claims, "jwt", token, bits, ratelimit_key, expires)
+        return _principal(name, claims, "jwt", token, bits, ratelimit_key, expires, header_claims)
 
     cdef bytes challenge_lines(self, int outcome):
         """The WWW-Authenticate lines of a 401 for `outcome`."""

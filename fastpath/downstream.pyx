@@ -22,6 +22,7 @@ import http
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.ref cimport PyObject
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -407,6 +408,7 @@ cdef class HttpDownstream(ResponseSink):
         if self.facts.principal is not None:
             v.principal = PyBytes_AS_STRING(self.facts.principal.name)
             v.principal_len = PyBytes_GET_SIZE(self.facts.principal.name)
+            v.claims = <PyObject*>self.facts.principal.header_claims
         if self.client_ip is not None:
             v.client_ip = PyBytes_AS_STRING(self.client_ip)
             v.client_ip_len = PyBytes_GET_SIZE(self.client_ip)

@@ -7,9 +7,13 @@ cdef enum EditVar:
     VAR_PRINCIPAL
     VAR_CLIENT_IP
     VAR_ROUTE
+    VAR_CLAIM
+
+from cpython.ref cimport PyObject
 
 cdef struct EditPart:
     int var                    # EditVar
+    int claim                  # VAR_CLAIM: index into the route's claim names
     const char* text           # VAR_LITERAL: the bytes
     Py_ssize_t len
 
@@ -30,6 +34,7 @@ cdef struct EditValues:
     Py_ssize_t client_ip_len
     const char* route
     Py_ssize_t route_len
+    PyObject* claims           # tuple of bytes, one per route claim name (borrowed), or NULL
 
 cdef class HeaderEdits:
     cdef EditLine* lines
@@ -41,6 +46,7 @@ cdef class HeaderEdits:
     cdef bytes static_block    # the added lines when no value has a variable
     cdef list keep
     cdef readonly bint uses_request_id
+    cdef readonly list claim_names     # the route's %{claim:NAME} names (shared by its edits)
 
     cdef Py_ssize_t _part_len(self, EditPart* p, const EditValues* v) noexcept
     cdef const char* _part_text(self, EditPart* p, const EditValues* v) noexcept

@@ -8,6 +8,8 @@ lines to add, each value split into literal parts and variables:
   %{principal}    the authenticated principal (JWT subject or API-key principal)
   %{client_ip}    the downstream client's address
   %{route}        the route's name
+  %{claim:NAME}   a claim of the verified JWT (authn.pyx keeps the route's claims with
+                  the cached token, as header-safe bytes)
 
 Per exchange, dropping is a flag on each matching parsed field (the head writer skips
 flagged fields) and the added lines are one bytes object, built in one allocation, or a
@@ -16,6 +18,8 @@ prebuilt constant when no value has a variable. A line whose variables all come 
 Envoy does. Framing and hop-by-hop fields are refused by the config schema.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
@@ -32,8 +36,10 @@ cdef extern from "strings.h":
 
 
 cdef class HeaderEdits:
-    def __cinit__(self, dict set_=None, dict add=None, list remove=None):
-        """`set_`/`add`: lower-case name -> value template; `remove`: lower-case names."""
+    def __cinit__(self, dict set_=None, dict add=None, list remove=None, list claim_names=None):
+        """`set_`/`add`: lower-case name -> value template; `remove`: lower-case names;
+        `claim_names`: the route's list of %{claim:NAME} names, extended with this one's
+        (so the request and response edits of a route index one tuple of values)."""
         cdef int i, k
         set_ = set_ or {}
         add = add or {}
@@ -50,6 +56,7 @@ cdef class HeaderEdits:
         if self.lines == NULL or self.parts == NULL or self.drop_names == NULL or self.drop_lens == NULL:
             raise MemoryError()
         self.keep = []
+        self.claim_names = claim_names if claim_names is not None else []
         for i, name in enumerate(drop):
             b = name.lower().encode()
             self.keep.append(b)
@@ -67,7 +74,13 @@ cdef class HeaderEdits:
             for var, text in parts:
                 t = text.encode("latin-1")
                 self.keep.append(t)
-                self.parts[k].var = VARIABLE_CODES[var] if var else VAR_LITERAL
+                if var and var.startswith("claim:"):
+                    if var[6:] not in self.claim_names:
+                        self.claim_names.append(var[6:])
+                    self.parts[k].var = VAR_CLAIM
+                    self.parts[k].claim = self.claim_names.index(var[6:])
+                else:
+                    self.parts[k].var = VARIABLE_CODES[var] if var else VAR_LITERAL
                 self.parts[k].text = PyBytes_AS_STRING(t)
                 self.parts[k].len = len(t)
                 if var:
@@ -111,6 +124,10 @@ cdef class HeaderEdits:
             return v.principal_len
         if p.var == VAR_CLIENT_IP:
             return v.client_ip_len
+        if p.var == VAR_CLAIM:
+            if v.claims == NULL or p.claim >= PyTuple_GET_SIZE(<object>v.claims):
+                return 0
+            return PyBytes_GET_SIZE(<object>PyTuple_GET_ITEM(<object>v.claims, p.claim))
         return v.route_len
 
     cdef const char* _part_text(self, EditPart* p, const EditValues* v) noexcept:
@@ -122,6 +139,8 @@ cdef class HeaderEdits:
             return v.principal
         if p.var == VAR_CLIENT_IP:
             return v.client_ip
+        if p.var == VAR_CLAIM:
+            return PyBytes_AS_STRING(<object>PyTuple_GET_ITEM(<object>v.claims, p.claim))
         return v.route
 
     cdef bytes added_lines(self, const EditValues* v):
@@ -179,8 +198,10 @@ cdef class HeaderEdits:
         return [h.buf[h.fields[i].line_start:h.fields[i].name_end]
                 for i in range(h.nfields) if not h.fields[i].drop]
 
-    def render(self, bytes request_id=b"", bytes principal=b"", bytes client_ip=b"", bytes route=b""):
+    def render(self, bytes request_id=b"", bytes principal=b"", bytes client_ip=b"", bytes route=b"",
+               tuple claims=None):
         cdef EditValues v
+        v.claims = <PyObject*>claims if claims is not None else NULL
         v.request_id = PyBytes_AS_STRING(request_id)
         v.request_id_len = len(request_id)
         v.principal = PyBytes_AS_STRING(principal)

@@ -85,6 +85,11 @@ class _Compiler:
         if route.authz:
             authz = AuthzPolicy(route.authz.get("allow", []), route.authz.get("deny", []), METHOD_CODES)
         rate_key = route.rate_limit["key"] if route.rate_limit else "client_ip"
+        claim_names = []            # %{claim:NAME} of the route's header edits, in one list
+        request_edits = response_edits = None
+        if route.headers:
+            request_edits = _edits(route.headers.get("request"), claim_names)
+            response_edits = _edits(route.headers.get("response"), claim_names)
         authn = None
         if route.authn:
             jwt = route.authn.get("jwt")
@@ -98,7 +103,8 @@ class _Compiler:
             authn = Authenticator(
                 verifier, jwks, key_file, keys["header"] if keys else "x-api-key", authz,
                 rate_key[4:] if rate_key.startswith("jwt:") else None,
-                jwt["cache_entries"] if jwt else 16, realm=self.cfg.workload.name)
+                jwt["cache_entries"] if jwt else 16, realm=self.cfg.workload.name,
+                header_claims=claim_names)
         limiter = None
         if route.rate_limit:
             rl = route.rate_limit
@@ -115,10 +121,6 @@ class _Compiler:
             fault = FaultInjector(abort.get("status", 0), abort.get("percent", 0.0),
                                   delay.get("duration", 0.0), delay.get("percent", 0.0),
                                   self._seed(index, 2))
-        request_edits = response_edits = None
-        if route.headers:
-            request_edits = _edits(route.headers.get("request"))
-            response_edits = _edits(route.headers.get("response"))
         clusters = [self.router.clusters[self.service_index[s.name]] for s in route.service] \
             if direction == "outbound" else []
         weights = [s.weight for s in route.service] if clusters else []
@@ -133,11 +135,11 @@ class _Compiler:
         return RouteTable(direction, [r.match for r in routes], policies)
 
 
-def _edits(section):
+def _edits(section, claim_names):
     if not section or not (section.get("set") or section.get("add") or section.get("remove")):
         return None
     return HeaderEdits(dict(section.get("set") or {}), dict(section.get("add") or {}),
-                       list(section.get("remove") or []))
+                       list(section.get("remove") or []), claim_names)
 
 
 def compile_policy(cfg, router, previous: PolicySet = None, seed=None) -> PolicySet:

@@ -463,9 +463,16 @@ def _check_route(values, given, path, ctx):
     elif values["service"] and sum(s.weight for s in values["service"]) == 0:
         ctx.error_at(join(path, given["service"]), "the weights add up to 0")
     rate_limit = values["rate_limit"]
-    if rate_limit and rate_limit["key"].startswith("jwt:") and not (values["authn"] or {}).get("jwt"):
+    has_jwt = bool((values["authn"] or {}).get("jwt"))
+    if rate_limit and rate_limit["key"].startswith("jwt:") and not has_jwt:
         ctx.error_at(join(join(path, given["rate_limit"]), "key"),
                      "a jwt:CLAIM key needs authn.jwt on the same route")
+    for side, edits in (values["headers"] or {}).items():
+        for key in ("set", "add"):
+            for name, value in edits[key].items():
+                if "%{claim:" in value and not has_jwt:
+                    ctx.error_at(join(join(join(join(path, given["headers"]), side), key), name),
+                                 "%{claim:NAME} needs authn.jwt on the same route")
 
 
 ROUTE = Section([

@@ -75,7 +75,7 @@ def edits(tmp_path_factory):
         "name": "edited",
         "authn": {"jwt": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": str(jwks)}},
         "headers": {
-            "request": {"set": {"x-user": "%{principal}", "x-source": "sidecar"},
+            "request": {"set": {"x-user": "%{principal}", "x-source": "sidecar", "x-org": "%{claim:org.id}"},
                         "add": {"x-client": "%{client_ip}", "x-trace": "id=%{request_id} route=%{route}"},
                         "remove": ["x-internal", "authorization"]},
             "response": {"set": {"x-request-id": "%{request_id}"}, "add": {"x-served-by": "sidecar"},
@@ -87,7 +87,7 @@ def edits(tmp_path_factory):
 
 def test_request_and_response_header_edits_with_variables(edits):
     sc, app = edits
-    token = KEYS.token("ec-1", sub="alice")
+    token = KEYS.token("ec-1", sub="alice", org={"id": "acme\r\nx-evil: 1"})
     with RawClient(sc.inbound, timeout=5) as c:
         c.send(b"GET /headers HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\nX-Internal: secret\r\n"
                b"X-Source: client\r\nX-Request-Id: rid-123\r\n\r\n" % token.encode())
@@ -97,6 +97,7 @@ def test_request_and_response_header_edits_with_variables(edits):
     names = [k for k, _ in seen]
     assert "x-internal" not in names and "authorization" not in names
     assert ["x-user", "alice"] in seen and ["x-source", "sidecar"] in seen
+    assert "x-evil" not in names and "x-org" not in names      # a claim with CR LF is left out
     assert names.count("x-source") == 1
     assert ["x-client", "127.0.0.1"] in seen
     assert ["x-trace", "id=rid-123 route=edited"] in seen
@@ -106,7 +107,7 @@ def test_request_and_response_header_edits_with_variables(edits):
 
 def test_a_generated_request_id_is_the_same_upstream_and_in_the_response(edits):
     sc, app = edits
-    token = KEYS.token("ec-1", sub="bob")
+    token = KEYS.token("ec-1", sub="bob", org={"id": 42})
     with RawClient(sc.inbound, timeout=5) as c:
         c.send(b"GET /headers HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\n\r\n" % token.encode())
         status, headers, body = c.read_response()
@@ -114,3 +115,4 @@ def test_a_generated_request_id_is_the_same_upstream_and_in_the_response(edits):
     assert len(seen["x-request-id"]) == 36
     assert headers["x-request-id"] == seen["x-request-id"]
     assert seen["x-trace"] == "id=%s route=edited" % seen["x-request-id"]
+    assert seen["x-org"] == "42"

@@ -23,6 +23,17 @@ def test_values_with_variables():
     assert out == b"x-who: alice@10.0.0.1\r\nx-id: id-1\r\nx-route: r=api\r\n"
 
 
+def test_claim_variables_index_one_tuple_per_route():
+    names = []
+    req = HeaderEdits({"x-org": "%{claim:org.id}", "x-both": "%{claim:role}/%{claim:org.id}"}, None, None, names)
+    resp = HeaderEdits({"x-role": "%{claim:role}"}, None, None, names)
+    assert names == ["org.id", "role"]
+    claims = (b"7", b"admin")
+    assert req.render(claims=claims) == b"x-org: 7\r\nx-both: admin/7\r\n"
+    assert resp.render(claims=claims) == b"x-role: admin\r\n"
+    assert req.render() is None                     # no verified JWT: the lines are left out
+
+
 def test_a_line_whose_variables_are_empty_is_left_out():
     e = HeaderEdits({"x-who": "user %{principal}", "x-static": "v"})
     assert e.render(client_ip=b"1.2.3.4") == b"x-static: v\r\n"

@@ -25,7 +25,9 @@ def errors(text):
      "routes.0.rate_limit.key (line 3): a jwt:CLAIM key needs authn.jwt on the same route"),
     ("routes:\n  - name: r\n    headers:\n      request:\n        set: {x-a: '%{user}'}\n",
      "routes.0.headers.request.set.x-a (line 5): unknown variable %{user}; known: %{request_id}, "
-     "%{principal}, %{client_ip}, %{route}"),
+     "%{principal}, %{client_ip}, %{route}, %{claim:NAME}"),
+    ("routes:\n  - name: r\n    headers:\n      response:\n        add: {x-org: '%{claim:org}'}\n",
+     "routes.0.headers.response.add.x-org (line 5): %{claim:NAME} needs authn.jwt on the same route"),
     ("routes:\n  - name: r\n    headers:\n      request:\n        remove: [host]\n",
      "routes.0.headers.request.remove.0 (line 5): an HTTP/1.1 request needs its Host"),
     ("routes:\n  - name: r\n    headers:\n      response:\n        set: {x-a: '1'}\n        add: {x-a: '2'}\n",
