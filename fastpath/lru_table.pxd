@@ -36,3 +36,4 @@ cdef class LruTable:
     cdef void touch(self, int slot) noexcept
     cdef void remove(self, int slot) noexcept
     cdef void clear(self) noexcept
+    cdef void _reset(self) noexcept

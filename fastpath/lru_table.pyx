@@ -22,8 +22,8 @@ import os
 
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdint cimport uint64_t, int32_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcmp, memcpy
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcmp, memcpy, memset
 
 DEF MULT = 0x9E3779B97F4A7C15
 
@@ -71,12 +71,14 @@ cdef class LruTable:
             nb <<= 1
         self.capacity = capacity
         self.bucket_mask = nb - 1
+        # Both allocated untouched (calloc'd buckets read as empty): a table costs resident
+        # memory only for the slots that get used.
         self.slots = <LruSlot*>malloc(sizeof(LruSlot) * capacity)
-        self.buckets = <int32_t*>malloc(sizeof(int32_t) * nb)
+        self.buckets = <int32_t*>calloc(nb, sizeof(int32_t))
         if self.slots == NULL or self.buckets == NULL:
             raise MemoryError()
         self.seed = _random_seed() if seed is None else <uint64_t>seed
-        self.clear()
+        self._reset()
 
     def __dealloc__(self):
         free(self.slots)
@@ -84,12 +86,11 @@ cdef class LruTable:
 
     cdef void clear(self) noexcept:
         """Forgets every key."""
-        cdef uint64_t b
-        cdef int i
-        for b in range(self.bucket_mask + 1):
-            self.buckets[b] = -1
-        for i in range(self.capacity):
-            self.slots[i].key_len = -1
+        memset(self.buckets, 0, sizeof(int32_t) * (self.bucket_mask + 1))
+        self._reset()
+
+    cdef void _reset(self) noexcept:
+        # Slots at and past next_free are never read, so they need no initialising.
         self.used = 0
         self.newest = -1
         self.oldest = -1
@@ -119,7 +120,7 @@ cdef class LruTable:
 
     cdef void _unlink_bucket(self, int32_t s) noexcept:
         cdef uint64_t b = self.slots[s].hash & self.bucket_mask
-        cdef int32_t cur = self.buckets[b]
+        cdef int32_t cur = self.buckets[b] - 1     # buckets hold slot + 1; 0 is empty
         cdef int32_t prev = -1
         while cur >= 0 and cur != s:
             prev = cur
@@ -127,7 +128,7 @@ cdef class LruTable:
         if cur < 0:
             return
         if prev < 0:
-            self.buckets[b] = self.slots[s].next_in_bucket
+            self.buckets[b] = self.slots[s].next_in_bucket + 1
         else:
             self.slots[prev].next_in_bucket = self.slots[s].next_in_bucket
 
@@ -136,7 +137,7 @@ cdef class LruTable:
         return self.find_hashed(key, n, hash_span(key, n, self.seed))
 
     cdef int find_hashed(self, const char* key, Py_ssize_t n, uint64_t h) noexcept:
-        cdef int32_t s = self.buckets[h & self.bucket_mask]
+        cdef int32_t s = self.buckets[h & self.bucket_mask] - 1
         cdef LruSlot* e
         cdef Py_ssize_t cmp = n if n < LRU_KEY_INLINE else LRU_KEY_INLINE
         while s >= 0:
@@ -170,8 +171,8 @@ cdef class LruTable:
         e.hash = h
         e.key_len = <int32_t>n
         memcpy(e.key, key, n if n < LRU_KEY_INLINE else LRU_KEY_INLINE)
-        e.next_in_bucket = self.buckets[h & self.bucket_mask]
-        self.buckets[h & self.bucket_mask] = s
+        e.next_in_bucket = self.buckets[h & self.bucket_mask] - 1
+        self.buckets[h & self.bucket_mask] = s + 1
         self._push_newest(s)
         return s
 

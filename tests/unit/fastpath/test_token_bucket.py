@@ -58,3 +58,18 @@ def test_the_configured_rate_is_divided_across_workers():
 def test_bad_parameters_are_refused():
     with pytest.raises(ValueError):
         TokenBucketLimiter(0.0, 1.0)
+
+
+def _rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_large_key_table_costs_memory_only_as_keys_arrive():
+    before = _rss_kb()
+    rl = TokenBucketLimiter(1.0, 1.0, max_keys=1 << 20)     # ~100 MB if touched up front
+    assert _rss_kb() - before < 8 * 1024
+    for i in range(1000):
+        rl.check(b"k%d" % i, 0.0)
+    assert _rss_kb() - before < 16 * 1024
+    assert rl.keys_held == 1000
