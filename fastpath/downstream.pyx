@@ -27,7 +27,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastpath.parser cimport (
-    MessageHead, HeadParser, ChunkedDecoder, Limits, Field, M_CONNECT,
+    MessageHead, HeadParser, ChunkedDecoder, Limits, Field, M_CONNECT, M_HEAD,
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, reframe_chunked,
 )
 from fastpath.head_rewrite cimport (
@@ -685,11 +685,19 @@ cdef class HttpDownstream(ResponseSink):
             close = True       # the rest of the body would be taken for the next request
         close = close or self.close_after or self.ctx.draining
         body = text + "\n"
-        self.transport.write((
-            "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
-                status, STATUS_TEXT.get(status, "Error"), len(body),
+        if status == 204 or status == 304:
+            # no body, and no length fields (RFC 9110 8.6: a 204 has no Content-Length)
+            self.transport.write(("HTTP/1.1 %d %s\r\n%s%s\r\n" % (
+                status, STATUS_TEXT.get(status, "Error"),
                 extra.decode("latin-1") if extra is not None else "",
-                "connection: close\r\n" if close else "", body)).encode())
+                "connection: close\r\n" if close else "")).encode())
+        else:
+            self.transport.write((
+                "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+                    status, STATUS_TEXT.get(status, "Error"), len(body),
+                    extra.decode("latin-1") if extra is not None else "",
+                    "connection: close\r\n" if close else "",
+                    "" if self.rec.method == M_HEAD else body)).encode())
         self.close_after = close
         if self.processing:
             # Called while parsing this read: the caller stops; end here.

@@ -175,3 +175,14 @@ def test_principal_and_flags_in_access_log_and_metrics(fresh):
     assert by_path["/denied"]["status"] == 401 and by_path["/denied"]["response_flags"] == "UAEX"
     _, text = scrape(sc)
     assert total(text, "sidecar_requests_total", route="api", code="401", response_flags="UAEX") >= 1
+
+
+def test_a_refused_head_request_gets_no_body_and_the_connection_stays_in_step(fresh):
+    sc, app, _, _ = fresh
+    with RawClient(sc.inbound, timeout=5) as c:
+        c.send(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /headers HTTP/1.1\r\nHost: a\r\n"
+               b"Authorization: Bearer %s\r\n\r\n" % KEYS.token("ec-1").encode())
+        status, headers, body = c.read_response("HEAD")
+        assert status == 401 and body == b"" and int(headers["content-length"]) > 0
+        status, _, body = c.read_response()
+        assert status == 200 and json.loads(body)["path"] == "/headers"

@@ -80,3 +80,13 @@ def test_delay_then_abort(tmp_path):
         assert not app.requests
         _, text = scrape(sc)
         assert total(text, "sidecar_requests_total", route="both", response_flags="DI,FI") == 2
+
+
+def test_an_abort_with_204_has_no_body(tmp_path):
+    routes = [{"name": "empty", "fault": {"abort": {"status": 204, "percent": 100}}}]
+    with HttpApp() as app, SidecarProcess(app=app.address, extra={"routes": routes}) as sc:
+        with RawClient(sc.inbound, timeout=10) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 2)
+            for _ in range(2):
+                status, headers, body = c.read_response()
+                assert status == 204 and body == b"" and "content-length" not in headers

@@ -99,3 +99,33 @@ def test_rate_is_divided_across_workers(tmp_path):
         results = send_many(sc.inbound, [("/", [])] * 3)
         assert [s for s, _ in results] == [200, 200, 429]
         assert results[2][1]["ratelimit-limit"] == "2"
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_worker_memory_stays_bounded_under_a_flood_of_20000_keys():
+    # Allowed requests are answered by a fault abort (204), so the flood costs the app
+    # nothing and runs at the sidecar's speed; the rate limiter decides before the fault.
+    routes = [{"name": "flood", "rate_limit": {"rate": "1/m", "burst": 2, "key": "header:x-k",
+                                               "max_keys": 512},
+               "fault": {"abort": {"status": 204, "percent": 100}}}]
+    with HttpApp() as app, SidecarProcess(app=app.address, extra={"routes": routes}) as sc:
+        worker, = sc.worker_pids()
+        with RawClient(sc.inbound, timeout=20) as c:
+            def batch(keys):
+                c.send(b"".join(b"GET / HTTP/1.1\r\nHost: a\r\nx-k: %s\r\n\r\n" % k for k in keys))
+                return [c.read_response()[0] for _ in keys]
+            assert batch([b"hot"] * 3) == [204, 204, 429]
+            # the hot key is used every 400 new keys, within the 512 slots: never evicted
+            before = None
+            for start in range(0, 20000, 400):
+                statuses = batch([b"flood-%d" % i for i in range(start, start + 400)] + [b"hot"])
+                assert set(statuses[:-1]) == {204} and statuses[-1] == 429
+                if before is None:
+                    before = _rss_kb(worker)
+            grown = _rss_kb(worker) - before
+        assert grown < 4096, "worker RSS grew by %d KiB" % grown
+        assert not app.requests
