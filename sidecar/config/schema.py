@@ -278,10 +278,15 @@ def _check_jwks_file(values, given, path, ctx):
     # The file is read now, so a missing or broken key set is refused at load with its
     # line; the workers watch it afterwards, and a later bad version keeps the last keys.
     from fastpath.jwt_verify import load_jwks
+    where = join(path, given.get("jwks_file", "jwks_file"))
     try:
-        load_jwks(values["jwks_file"])
+        keys = load_jwks(values["jwks_file"])
     except ValueError as e:
-        ctx.error_at(join(path, given.get("jwks_file", "jwks_file")), f"bad JWKS file: {e}")
+        ctx.error_at(where, f"bad JWKS file: {e}")
+        return
+    if not keys:
+        ctx.warn_at(where, "the JWKS file has no usable key (RS256, ES256, HS256) yet: "
+                           "every token is refused until it has one")
 
 
 JWT = Section([

@@ -94,9 +94,9 @@ def errors_of(text, env=None):
 # --- the SPEC's example ----------------------------------------------------------------
 
 def spec_example(tmp_path):
-    """The SPEC example with its JWKS file (read at load) pointing at an empty key set."""
+    """The SPEC example with its JWKS file (read at load) pointing at a key set with one key."""
     jwks = tmp_path / "jwks.json"
-    jwks.write_text('{"keys": []}\n')
+    jwks.write_text('{"keys": [{"kty": "oct", "kid": "k1", "k": "%s"}]}\n' % ("A" * 43))
     return SPEC_EXAMPLE.replace("/etc/sidecar/jwks.json", str(jwks)), str(jwks)
 
 

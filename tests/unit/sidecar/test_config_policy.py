@@ -50,6 +50,14 @@ def test_bad_api_key_file_is_an_error_at_load(tmp_path):
         "visible ASCII characters"]
 
 
+def test_an_empty_key_set_loads_with_a_warning(tmp_path):
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    c = load_config_text("routes:\n  - name: r\n    authn: {jwt: {issuer: i, jwks_file: %s}}\n" % jwks)
+    assert c.warnings == ["routes.0.authn.jwt.jwks_file (line 3): the JWKS file has no usable key "
+                          "(RS256, ES256, HS256) yet: every token is refused until it has one"]
+
+
 def test_full_policy_route_loads(tmp_path):
     jwks = tmp_path / "jwks.json"
     jwks.write_text('{"keys": []}')
