@@ -21,6 +21,7 @@ SHA-256, HMAC-SHA-256 with a constant-time comparison.
 import base64
 import binascii
 import json
+import re
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
@@ -51,10 +52,14 @@ class JwkKey:
         return "JwkKey(kid=%r, kty=%r, alg=%r)" % (self.kid, self.kty, self.alg)
 
 
+_B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+
+
 def _b64url(text) -> bytes:
+    """Strict unpadded base64url (RFC 7515 section 2): any other byte is an error."""
     if isinstance(text, str):
         text = text.encode("ascii")
-    if b"=" in text or b"+" in text or b"/" in text:
+    if not _B64URL.match(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
 

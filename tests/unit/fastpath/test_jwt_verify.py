@@ -91,10 +91,17 @@ def test_token_without_kid_tries_every_key_of_the_type():
     verify(token, verifier(kids=("rsa-1", "rsa-2")))
 
 
-@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!.e30.", "e30.e30.!!", "W10.e30.abc"])
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!.e30.", "e30.e30.!!", "W10.e30.abc",
+                                   "e30=.e30.abc", "e3 0.e30.abc", "e30.e30.a"])
 def test_malformed_tokens_fail_cleanly(token):
     with pytest.raises(AuthnError):
         verify(token)
+
+
+def test_non_base64url_bytes_in_a_signed_token_are_refused():
+    head, body, sig = KEYS.token("rsa-1").split(".")
+    with pytest.raises(AuthnError):
+        verify(head + "." + body + "." + sig[:10] + "!" + sig[10:])
 
 
 def test_crit_header_is_refused():
