@@ -324,6 +324,7 @@ cdef class HttpDownstream(ResponseSink):
                 return False
             self.body_limit = policy.max_request_body
 
+        # (A per-route response cache answers here, before a destination is chosen.)
         pool = self.ctx.app_pool
         if policy is not None and policy.clusters:
             cluster = policy.pick_cluster()
