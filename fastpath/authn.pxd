@@ -21,6 +21,7 @@ cdef class Principal:
 
 cdef class Authenticator:
     cdef object verifier               # JwtVerifier, or None
+    cdef object authn_error            # its AuthnError class
     cdef object jwks                   # its WatchedFile
     cdef object api_key_file           # WatchedFile of {key: principal}, or None
     cdef bytes api_key_header          # lower-case field name

@@ -27,7 +27,6 @@ from fastpath.parser cimport MessageHead, Field
 from fastpath.lru_table cimport LruTable
 
 from fastpath.authz import claim_values
-from fastpath.jwt_verify import AuthnError
 
 DEF MAX_CACHE_AGE = 300.0
 DEF REFUSED_ENTRIES = 1024
@@ -92,6 +91,11 @@ cdef class Authenticator:
         whose identity bits are computed once per credential; `ratelimit_claim`: the claim a
         `jwt:CLAIM` rate limit keys by."""
         self.verifier = verifier
+        if verifier is not None:
+            # Imported only where a route verifies JWTs: the signature maths (cryptography,
+            # OpenSSL) costs a worker ~70 ms and several MB, and most configs need none.
+            from fastpath.jwt_verify import AuthnError
+            self.authn_error = AuthnError
         self.jwks = jwks
         self.api_key_file = api_key_file
         self.api_key_header = api_key_header.lower().encode()
@@ -224,7 +228,7 @@ cdef class Authenticator:
         self.verifications += 1
         try:
             claims = self.verifier.verify(token, wall)
-        except AuthnError as e:
+        except self.authn_error as e:
             self.last_reason = str(e)
             return None
         sub = claims.get("sub")

@@ -26,7 +26,6 @@ from fastpath.authn import Authenticator
 from fastpath.authz import AuthzPolicy
 from fastpath.fault import FaultInjector
 from fastpath.header_edits import HeaderEdits
-from fastpath.jwt_verify import JwtVerifier, load_jwks
 from fastpath.route_policy import RoutePolicy
 from fastpath.route_table import METHOD_CODES, RouteTable
 from fastpath.token_bucket import TokenBucketLimiter
@@ -72,6 +71,7 @@ class _Compiler:
         key = (kind, path)
         if key not in self.files:
             if kind == "jwks":
+                from fastpath.jwt_verify import load_jwks      # cryptography: only when used
                 self.files[key] = WatchedFile(path, load_jwks, "JWKS file")
             else:
                 self.files[key] = WatchedFile(path, load_api_keys, "API key file")
@@ -96,6 +96,7 @@ class _Compiler:
             keys = route.authn.get("api_keys")
             verifier = jwks = key_file = None
             if jwt:
+                from fastpath.jwt_verify import JwtVerifier
                 jwks = self.watched("jwks", jwt["jwks_file"])
                 verifier = JwtVerifier(jwt["issuer"], jwt["audiences"], jwt["clock_skew"], jwks.value)
             if keys:

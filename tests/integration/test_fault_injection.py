@@ -40,19 +40,24 @@ def test_abort_percentage_holds_and_aborted_requests_never_reach_the_app(tmp_pat
 
 def test_delay_percentage_and_the_delay_itself(tmp_path):
     routes = [{"name": "slow", "fault": {"delay": {"duration": "150ms", "percent": 50}}}]
-    with HttpApp() as app, SidecarProcess(app=app.address, extra={"routes": routes}) as sc:
-        took = []
+    log = tmp_path / "access.log"
+    extra = {"routes": routes, "telemetry": {"access_log": {"path": str(log)}}}
+    n = 60
+    with HttpApp() as app, SidecarProcess(app=app.address, extra=extra) as sc:
         with RawClient(sc.inbound, timeout=10) as c:
-            for i in range(60):
-                t = time.monotonic()
-                c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            for i in range(n):
+                c.send(b"GET /d%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
                 assert c.read_response()[0] == 200
-                took.append(time.monotonic() - t)
-        delayed = sum(1 for t in took if t >= 0.15)
-        assert all(t < 0.14 or t >= 0.15 for t in took)
-        assert 12 <= delayed <= 48, delayed        # binomial(60, 0.5): mean 30, sd 3.9
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(log.read_text().splitlines()) < n:
+            time.sleep(0.1)
+        lines = [json.loads(l) for l in log.read_text().splitlines()]
+        delayed = [l for l in lines if l["response_flags"] == "DI"]
+        assert len(lines) == n and all(l["duration_ms"] >= 150 for l in delayed)
+        assert 12 <= len(delayed) <= 48, len(delayed)     # binomial(60, 0.5): mean 30, sd 3.9
+        assert {l["response_flags"] for l in lines} <= {"DI", "-"}
         _, text = scrape(sc)
-        assert total(text, "sidecar_requests_total", route="slow", response_flags="DI") == delayed
+        assert total(text, "sidecar_requests_total", route="slow", response_flags="DI") == len(delayed)
 
 
 def test_a_delayed_request_body_waits_and_arrives_whole(tmp_path):
