@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-mesh bench-management clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy clean
 
 setup:
 	@scripts/setup-host.sh
@@ -20,12 +20,16 @@ bench: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.policy
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 
 bench-management: setup
 	$(PY) -m benchmarks.management $(BENCH_ARGS)
+
+bench-policy: setup
+	$(PY) -m benchmarks.policy $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick

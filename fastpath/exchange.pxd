@@ -66,6 +66,4 @@ cdef struct ExchangeRecord:
     int ratelimit                 # Decision
     int authz                     # Decision
     int cache                     # CacheResult
-    unsigned long long request_id_seq   # the x-request-id the proxy generated (RequestId
-                                        # counter, see RequestId.format); 0: none
     TraceContext trace

@@ -18,6 +18,6 @@ cdef class RequestId:
 
 cdef bytes host_for(MessageHead h, bytes destination)
 cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id,
-                              bytes authority, const TraceContext* trace)
+                              bytes authority, const TraceContext* trace, bytes extra)
 cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep_alive_header,
-                               const char* tail, Py_ssize_t tail_len)
+                               bytes extra, const char* tail, Py_ssize_t tail_len)

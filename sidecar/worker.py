@@ -29,6 +29,7 @@ from fastpath.downstream import ListenerContext
 from fastpath.inbound import inbound_protocol_factory
 from fastpath.outbound import OutboundRouter, outbound_protocol_factory
 from fastpath.parser import Limits
+from fastpath.policy import compile_policy
 from fastpath.stats import WorkerStats
 from fastpath.trace_context import Tracer
 from fastpath.upstream import EndpointPool
@@ -41,6 +42,7 @@ log = logging.getLogger("sidecar.worker")
 
 SWEEP_INTERVAL = 0.25       # seconds between timeout sweeps (the coarse clock's resolution)
 DRAIN_FLUSH_MARGIN = 1.5    # seconds past drain_timeout a draining worker may spend sending spans
+KEY_FILE_CHECK_INTERVAL = 1.0   # seconds between checks of JWKS / API key files for changes
 PR_SET_PDEATHSIG = 1
 # fastpath/stats.pxd StatsMetric
 M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
@@ -103,6 +105,9 @@ class Snapshot:
         self.app_key = app_key
         self.router = OutboundRouter(worker.loop, self.limits, cfg.services,
                                      lim.connect_timeout, lim.upstream_idle_timeout)
+        seed = os.environ.get("SIDECAR_POLICY_SEED")     # fixed random draws, for tests
+        self.policy = compile_policy(cfg, self.router, old.policy if old is not None else None,
+                                     int(seed) + worker.index if seed else None)
         self.request_timeout = max((s.timeouts.request for s in cfg.services), default=15.0)
         routes = labels.get("routes", {})
         services = labels.get("services", {})
@@ -161,6 +166,7 @@ class Worker:
         self.snapshot = None
         self.generation = 0
         self.retired_pools = []       # pools of replaced snapshots, closed once idle
+        self.next_file_check = 0.0
         self.inbound = ListenerContext(self.loop, "inbound", Limits(8192, 65536, 100))
         self.outbound = ListenerContext(self.loop, "outbound", Limits(8192, 65536, 100))
         self.tracer = Tracer()
@@ -191,11 +197,13 @@ class Worker:
         lim = cfg.limits
         self.inbound.configure(snapshot.limits, app_pool=snapshot.app_pool,
                                header_read_timeout=lim.header_read_timeout,
-                               idle_timeout=lim.idle_timeout)
+                               idle_timeout=lim.idle_timeout,
+                               routes=snapshot.policy.inbound)
         self.outbound.configure(snapshot.limits, router=snapshot.router,
                                 header_read_timeout=lim.header_read_timeout,
                                 idle_timeout=lim.idle_timeout,
-                                request_timeout=snapshot.request_timeout)
+                                request_timeout=snapshot.request_timeout,
+                                routes=snapshot.policy.outbound)
         applied_at = time.monotonic()
         if self.stats is not None:
             self.stats.set_labels(snapshot.route_ids[0], snapshot.route_ids[1],
@@ -274,6 +282,9 @@ class Worker:
         self.inbound.sweep_timeouts()
         self.outbound.sweep_timeouts()
         now = self.loop.time()
+        if now >= self.next_file_check:
+            self.next_file_check = now + KEY_FILE_CHECK_INTERVAL
+            self.snapshot.policy.check_files()
         self.snapshot.app_pool.close_idle(now)
         self.snapshot.router.close_idle(now)
         if self.retired_pools:

@@ -24,7 +24,7 @@ from sidecar.telemetry import response_flags
 
 FACTS = ("direction", "start", "end", "method", "path", "authority", "request_id", "route",
          "service", "upstream", "status", "flags", "request_bytes", "response_bytes",
-         "retries", "client", "trace", "span")
+         "retries", "client", "principal", "trace", "span")
 
 # The fields of a line, in JSON key order.
 FIELDS = ("start_time", "direction", "method", "path", "authority", "request_id", "route",
@@ -105,7 +105,7 @@ class Formatter:
             "bytes_sent": f["response_bytes"],
             "retries": f["retries"],
             "client": _text(f["client"]),
-            "principal": None,
+            "principal": _text(f.get("principal")),
             # The exchange's trace and the sidecar's span in it: logs join traces on these.
             "trace_id": "%016x%016x" % trace if trace else None,
             "span_id": "%016x" % span if span else None,

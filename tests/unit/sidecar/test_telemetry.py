@@ -94,13 +94,13 @@ def test_collector_sums_workers_and_retired_totals_with_config_names():
 
 
 def test_access_log_lines_carry_the_trace_and_span_ids():
-    traced = FACTS + ((0x0af7651916cd43dd, 0x8448eb211c80319c), 0x00f067aa0ba902b7)
+    traced = FACTS + (None, (0x0af7651916cd43dd, 0x8448eb211c80319c), 0x00f067aa0ba902b7)
     line = json.loads(Formatter("json").line(traced))
     assert line["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert line["span_id"] == "00f067aa0ba902b7"
     assert Formatter("%TRACE_ID% %span_id%").line(traced) == \
         "0af7651916cd43dd8448eb211c80319c 00f067aa0ba902b7"
-    assert json.loads(Formatter("json").line(FACTS + (None, None)))["trace_id"] is None
+    assert json.loads(Formatter("json").line(FACTS + (None, None, None)))["trace_id"] is None
 
 
 def test_collector_exports_the_tracing_counters():
