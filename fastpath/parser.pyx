@@ -537,13 +537,12 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
     if has_te:
         if has_cl:
             return _fail(h, 502, "both Content-Length and Transfer-Encoding")
-        if last_chunked:
-            if codings > 1 or chunked_codings > 1:
-                return _fail(h, 502, "unsupported transfer coding")
-            h.body_kind = BODY_CHUNKED
-        else:
-            h.body_kind = BODY_UNTIL_CLOSE
-            h.keep_alive = False
+        # Only chunked is decoded. A body in another coding (RFC 9112 6.3 would read it
+        # until close) could only be forwarded without the Transfer-Encoding that says
+        # how to read it, since that field is hop-by-hop: refused, as Envoy does.
+        if not last_chunked or codings > 1 or chunked_codings > 1:
+            return _fail(h, 502, "unsupported transfer coding")
+        h.body_kind = BODY_CHUNKED
     elif has_cl:
         h.body_kind = BODY_LENGTH if h.content_length > 0 else BODY_NONE
     else:
