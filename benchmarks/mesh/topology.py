@@ -13,9 +13,11 @@ used in every pair (namespaces keep them apart), so every row's configs are iden
 but for what the row is about.
 
 The app's processes run as APP_UID inside the app cgroup; the proxies run as root in the
-sidecar cgroup. iptables interception (installed here for every proxy, the same rules for
-each row: see `Mesh.intercept`) captures the app's outbound TCP by uid and all inbound TCP
-on the pod interface, as Istio's init container does.
+sidecar cgroup. The bpf-sidecar installs its own interception (iptables or eBPF, on the
+app cgroup and the pod interface). For nginx and HAProxy, which have none, the harness
+installs iptables rules here (`Mesh.intercept`, the same for both) that capture the app's
+outbound TCP by uid and all inbound TCP on the pod interface, as Istio's init container
+does.
 
 Everything is removed by `Mesh.close()`: processes, rules (with the namespaces), veth,
 namespaces and cgroups; `close()` is safe after a partial build.
@@ -88,6 +90,8 @@ class Pod:
         self.cgroup = Cgroup(prefix=f"bench-mesh-{tag}-{role}-")
         self.app_cgroup = self.sidecar_cgroup = None
         self.dev = None
+        # interception.instance of the pod's bpf-sidecar: names its BPF state and chains.
+        self.sidecar_instance = f"bench-mesh-{tag}-{role}"
 
     def create(self):
         self.ns.__enter__()
@@ -155,11 +159,12 @@ class Mesh:
         return peers.PeerProcess(name, cmd, self.workdir / name, port, **kw)
 
     def intercept(self, tcp_by_listener=False):
-        """The iptables REDIRECT rules of a pod with a sidecar, in both pods (the same rules
-        for every row): the app's outbound TCP (by uid) to OUTBOUND_PORT, TCP arriving on the
-        pod interface to INBOUND_PORT. With tcp_by_listener (nginx, HAProxy), TCP_PORT goes
-        to its own listeners instead, ahead of the catch-all rules, because those proxies
-        cannot tell which port a redirected connection was for."""
+        """The iptables REDIRECT rules for a proxy without interception of its own (nginx,
+        HAProxy), in both pods: the app's outbound TCP (by uid) to OUTBOUND_PORT, TCP arriving
+        on the pod interface to INBOUND_PORT. With tcp_by_listener, TCP_PORT goes to its own
+        listeners instead, ahead of the catch-all rules, because those proxies cannot tell
+        which port a redirected connection was for. Never for the bpf-sidecar: it installs
+        its own, and two sets would redirect the same connections twice."""
         for pod in (self.client, self.server):
             redirect_outbound(pod.ns, OUTBOUND_PORT, APP_UID, chain=OUTBOUND_CHAIN)
             redirect_inbound(pod.ns, pod.dev, INBOUND_PORT, chain=INBOUND_CHAIN)
@@ -203,6 +208,7 @@ class Mesh:
         return {
             "netns": [self.client.ns.name, self.server.ns.name],
             "cgroups": [self.client.cgroup.path, self.server.cgroup.path],
+            "sidecar_instances": [self.client.sidecar_instance, self.server.sidecar_instance],
         }
 
 
