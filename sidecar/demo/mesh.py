@@ -1,6 +1,7 @@
 """The demo's two-pod mesh: what it builds, how the sidecars are started, how it is removed.
 
-    pod A  sc-demo-<random>  10.240.0.1            pod B  sc-demo-<random>  10.240.0.2
+    pod A  netns sc-demo-<tag>-a-<random>          pod B  netns sc-demo-<tag>-b-<random>
+           10.240.0.1                                     10.240.0.2
       cgroup sc-demo-<tag>-a-<random>/               cgroup sc-demo-<tag>-b-<random>/
         app/      the client app (as nobody)           app/      nginx :8080
         sidecar/  `sidecar run` (outbound)             sidecar/  `sidecar run` (inbound)
@@ -11,7 +12,9 @@ tests and the mesh benchmark). Each sidecar installs its own interception in its
 eBPF mode connect/sockops programs on its pod's app cgroup, the SO_ORIGINAL_DST program on
 its own cgroup and TC steering on its pod's veth end; in iptables mode REDIRECT chains in
 its pod's namespace. Both run with `interception.fail: open`, so a sidecar that cannot
-intercept still starts, and its /stats says why (`interception_failure`).
+intercept still starts, and its /stats says why (`interception.state` "fail_open" and
+`interception.reason`): the demo then starts both again in iptables mode. Their BPF state
+and chains are named by `interception.instance`, demo-<tag>-a and demo-<tag>-b.
 
 `close()` removes everything, in an order that lets each part clean up after itself:
 the client, then the sidecars (SIGTERM: they drain, detach their programs and delete
