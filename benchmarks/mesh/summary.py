@@ -130,7 +130,7 @@ def judge_targets(summary, unavailable):
             verdict, reason = ("PASS" if passed else "FAIL"), None
         others = {}
         for name in summary.get(t.load, {}):
-            if name.startswith("bpf-sidecar") and name != t.row:
+            if name.startswith("bpf-sidecar") and name not in (t.row, t.reference):
                 others[name] = _target_ratio(summary, t, name)
         out.append({
             "target": t.name, "title": t.title, "row": t.row, "reference": t.reference, "load": t.load,
