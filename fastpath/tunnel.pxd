@@ -7,6 +7,7 @@ cdef class TunnelEnd:
     cdef Py_ssize_t early_bytes
     cdef bint eof
     cdef bint closed
+    cdef bint writing_paused    # this end's transport is over its write high-water mark
     cdef readonly unsigned long long bytes_in
 
     cdef void link(self, TunnelEnd peer)

@@ -1,10 +1,12 @@
 """`python -m benchmarks.mesh --quick` builds two pods per row in network namespaces, measures
-direct, the bpf-sidecar, nginx and HAProxy end to end, reports rows waiting for a feature as
-not available with a reason, writes JSON, Markdown and PNGs, and leaves no process,
-namespace, cgroup or temp dir behind, also when stopped with SIGTERM while its pods are up.
+direct, the bpf-sidecar (its own iptables and eBPF interception), nginx and HAProxy end to
+end, reports rows waiting for a feature as not available with a reason, writes JSON,
+Markdown and PNGs, and leaves no process, namespace, cgroup, BPF instance or temp dir
+behind, also when stopped with SIGTERM while its pods are up.
 
-It takes about a minute on 2 cores (one round of three 2 s loads over four rows, and the
-pods of every row built and proven): the harness's smoke test, run once so it cannot rot."""
+It takes about a minute and a half on 2 cores (one round of three 2 s loads over five
+rows, and the pods of every row built and proven): the harness's smoke test, run once so
+it cannot rot."""
 import json
 import os
 import re
@@ -17,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.proc_stats import read_stat
+from sidecar.bpf import BPFFS_ROOT
 from sidecar.netns_topology import CGROUP2_ROOT
 from tests.conftest import require_privileges
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MEASURED = ("direct", "bpf-sidecar", "nginx", "haproxy")
+MEASURED = ("direct", "bpf-sidecar", "bpf-sidecar-ebpf", "nginx", "haproxy")
 TIMEOUT_S = 240
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(TIMEOUT_S + 60)]
@@ -89,22 +92,33 @@ def test_measured_rows_have_throughput_cpu_latency_and_no_errors(quick_mesh, row
 
 def test_rows_prove_their_interception(quick_mesh):
     _, document, _ = quick_mesh
-    sidecar = document["scenarios"]["bpf-sidecar"]["evidence"]
-    assert sidecar["sidecar_requests"]["client"] >= 20 and sidecar["sidecar_requests"]["server"] >= 20
+    for row, mode in (("bpf-sidecar", "iptables"), ("bpf-sidecar-ebpf", "ebpf")):
+        info = document["scenarios"][row]
+        assert info["interception"] == f"the sidecar's own, {mode}"
+        evidence = info["evidence"]
+        assert evidence["sidecar_requests"]["client"] >= 20 and evidence["sidecar_requests"]["server"] >= 20
+        assert evidence["kernel_redirects"]["client_outbound"] >= 1
+        assert evidence["kernel_redirects"]["server_inbound"] >= 1
+        for role in ("client", "server"):
+            assert evidence["interception"][role].startswith(mode)
+    # The eBPF row steers without a single nat rule; the iptables row with the sidecar's own.
+    assert document["scenarios"]["bpf-sidecar-ebpf"]["evidence"]["interception"]["client"].endswith("no nat rules")
     for row in ("nginx", "haproxy"):
+        assert document["scenarios"][row]["interception"] == "iptables REDIRECT installed by the harness"
         assert document["scenarios"][row]["evidence"]["redirected_connections"]["client_outbound"] >= 1
 
 
 def test_rows_waiting_for_a_feature_are_not_available_with_a_reason(quick_mesh):
     _, document, _ = quick_mesh
     optional = {name: info for name, info in document["scenarios"].items() if info["waits_for"]}
-    assert len(optional) >= 4
+    assert {"bpf-sidecar-ebpf-accel", "bpf-sidecar-policy", "bpf-sidecar-mtls"} <= set(optional)
     for name, info in optional.items():
         assert info["status"] in ("ok", "n.a."), f"{name}: {info['reason']}"
         if info["status"] == "n.a.":
             assert info["reason"]
     verdicts = {t["target"]: t["verdict"] for t in document["targets"]}
-    assert set(verdicts) == {"cpu-vs-nginx", "cpu-vs-haproxy", "latency-vs-nginx", "passthrough-vs-direct"}
+    assert set(verdicts) == {"cpu-vs-nginx", "cpu-vs-haproxy", "latency-vs-nginx", "passthrough-vs-direct",
+                             "accel-vs-ebpf"}
     assert set(verdicts.values()) <= {"PASS", "FAIL", "n.a."}
     assert verdicts["passthrough-vs-direct"] in ("PASS", "FAIL")
 
@@ -119,12 +133,14 @@ def test_nothing_is_left_behind(quick_mesh):
             assert ns not in namespaces
         for cgroup in info["resources"].get("cgroups", []):
             assert not os.path.exists(cgroup)
+        for instance in info["resources"].get("sidecar_instances", []):
+            assert not os.path.exists(os.path.join(BPFFS_ROOT, instance)), instance
         for identities in info["processes"].values():
             for pid, starttime in identities:
                 recorded += 1
                 st = read_stat(pid)
                 assert st is None or st.starttime != starttime, f"pid {pid} still running"
-    assert recorded >= 8
+    assert recorded >= 10
 
 
 def _bench_namespaces():
