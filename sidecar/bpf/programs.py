@@ -26,13 +26,25 @@ import json
 import os
 import socket
 import struct
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from sidecar.bpf.layout import AttachType, ProgType
 
-BPF_DIR = os.environ.get("SIDECAR_BPF_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
+def _bpf_dir() -> str:
+    """bpf/ of the source tree this runs from, else the installed copy
+    (<prefix>/share/bpf-sidecar/bpf); SIDECAR_BPF_DIR overrides both."""
+    if os.environ.get("SIDECAR_BPF_DIR"):
+        return os.environ["SIDECAR_BPF_DIR"]
+    source_tree = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
+    if os.path.isdir(source_tree):
+        return source_tree
+    return os.path.join(sys.prefix, "share", "bpf-sidecar", "bpf")
+
+
+BPF_DIR = _bpf_dir()
 
 TARGETS = ("app_cgroup", "sidecar_cgroup", "interface")
 
