@@ -71,7 +71,8 @@ class WorkerProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sidecar.worker", "--index", str(self.index),
-                 "--control-fd", str(worker_end.fileno()), "--stats-fd", str(segment.fd)],
+                 "--control-fd", str(worker_end.fileno()), "--stats-fd", str(segment.fd),
+                 "--manager-pid", str(os.getpid())],
                 pass_fds=(worker_end.fileno(), segment.fd))
         finally:
             worker_end.close()

@@ -384,13 +384,17 @@ def main():
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--stats-fd", type=int)
+    parser.add_argument("--manager-pid", type=int, help="the manager that started this worker")
     args = parser.parse_args()
     # Die with the manager, even after a kill -9 of it.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-    if os.getppid() == 1:
+    # The manager died before PDEATHSIG was set: this process was reparented. Compared with
+    # the manager's pid rather than with 1, since in a container the manager is pid 1.
+    reparented = os.getppid() != args.manager_pid if args.manager_pid else os.getppid() == 1
+    if reparented:
         sys.exit(0)
     control = socket.socket(fileno=args.control_fd)
     first = read_first_message(control)
