@@ -199,6 +199,7 @@ class Manager:
         from sidecar.interception import for_config
         self.interception = for_config(self.cfg)
         self.interception.register(self)
+        await self.interception.prepare()
         try:
             self._start_servers()
         except OSError as e:

@@ -173,11 +173,12 @@ def _instance_name(text: str) -> str:
 
 def _check_interception(values, given, path, ctx):
     cgroup = values["cgroup"]
-    if cgroup is not None and not cgroup.startswith("/"):
-        ctx.error_at(join(path, given["cgroup"]), "must be an absolute path (the app's cgroup v2 directory)")
+    if cgroup is not None and not cgroup.startswith("/") and cgroup != "pod":
+        ctx.error_at(join(path, given["cgroup"]), "must be an absolute path (the app's cgroup v2 "
+                                                  "directory) or `pod` (the parent of the sidecar's own cgroup)")
     if values["mode"] == "ebpf" and cgroup is None:
         ctx.error_at(join(path, given.get("mode", "mode")),
-                     "ebpf mode needs interception.cgroup (the app's cgroup v2 directory)")
+                     "ebpf mode needs interception.cgroup (the app's cgroup v2 directory, or `pod`)")
     if values["mode"] == "ebpf" and values["interface"] is None:
         ctx.warn_at(join(path, given.get("mode", "mode")),
                     "no interception.interface: inbound traffic is not intercepted")
@@ -185,7 +186,8 @@ def _check_interception(values, given, path, ctx):
 
 INTERCEPTION = Section([
     Field("mode", Enum("ebpf", "iptables", "off"), "how app traffic is steered through the sidecar"),
-    Field("cgroup", Str(), "the app's cgroup v2 directory (ebpf mode)"),
+    Field("cgroup", Str(), "the app's cgroup v2 directory, or `pod`: the parent of the sidecar's "
+          "own cgroup (in Kubernetes the pod's cgroup, holding every container of the pod)"),
     Field("interface", Str(_interface_name), "pod interface: in-kernel counters and L3/L4 policy"),
     Field("accelerate_local", Bool(), "sockops + sk_msg bypass for app <-> sidecar hops"),
     Field("exclude_outbound_ports", ListOf(PORT), "outbound ports never captured"),

@@ -526,14 +526,22 @@ def test_every_model_attribute_has_a_key_in_the_schema():
 
 def test_ebpf_mode_needs_the_apps_cgroup():
     assert errors_of("interception: {mode: ebpf, interface: eth0}\n") == [
-        "interception.mode (line 1): ebpf mode needs interception.cgroup (the app's cgroup v2 directory)"]
+        "interception.mode (line 1): ebpf mode needs interception.cgroup (the app's cgroup v2 directory, "
+        "or `pod`)"]
 
 
 def test_interception_cgroup_must_be_absolute_and_instance_a_bpffs_name():
     assert errors_of("interception:\n  mode: iptables\n  cgroup: pod-x\n") == [
-        "interception.cgroup (line 3): must be an absolute path (the app's cgroup v2 directory)"]
+        "interception.cgroup (line 3): must be an absolute path (the app's cgroup v2 directory) or `pod` "
+        "(the parent of the sidecar's own cgroup)"]
     assert errors_of("interception:\n  instance: a.b\n") == [
         "interception.instance (line 2): invalid instance name 'a.b': letters, digits, '_' and '-', at most 64"]
+
+
+def test_interception_cgroup_pod_is_the_pods_cgroup():
+    c = load("interception: {mode: ebpf, cgroup: pod, interface: eth0}\n")
+    assert c.interception.cgroup == "pod" and c.warnings == []
+    assert load("interception: {mode: iptables, cgroup: pod}\n").interception.cgroup == "pod"
 
 
 def test_ebpf_mode_without_an_interface_warns_that_inbound_is_not_intercepted():
