@@ -12,9 +12,11 @@ inbound steering goes before it. A program attached to a map (sk_msg, sk_skb on 
 sockhash) needs one more target kind: an entry in TARGETS and its resolver in the loader.
 
 Attach points (`Program.target`), resolved by the loader:
-    app_cgroup      interception.cgroup: the app's cgroup v2 directory
+    app_cgroup      interception.cgroup: the app's cgroup v2 directory; with `pod` the
+                    parent of the loader's own cgroup (sidecar.bpf.pod_cgroup)
     sidecar_cgroup  the cgroup the sidecar runs in (/proc/self/cgroup of the loader, which
-                    the manager starts in its own cgroup)
+                    the manager starts in its own cgroup); with `pod` the pod's cgroup too
+                    (an init container loads before the sidecar's cgroup exists)
     interface       interception.interface, in the sidecar's network namespace (tcx)
 Never the root cgroup, never a host interface: the loader refuses both (see preflight).
 
