@@ -211,7 +211,7 @@ def resolve_targets(plan) -> Targets:
         pod = _pod_cgroup_checked(mount, mine)
         # The sidecar's cgroup is below the pod's by construction: its connects are told
         # apart in the programs (sc_sidecar_cg), not by where they are attached.
-        return _with_interface(plan, Targets(pod, pod, plan.interface, None, own_cgroup=mine))
+        return Targets(pod, pod, plan.interface, _interface_index(plan), own_cgroup=mine)
     app = os.path.normpath(plan.app_cgroup)
     if not os.path.isdir(app):
         raise Refusal(EXIT_CONFIG, "interception.cgroup %s does not exist" % app)
@@ -231,24 +231,21 @@ def resolve_targets(plan) -> Targets:
     if _inside(app, mine):
         raise Refusal(EXIT_CONFIG, "the app's cgroup %s is inside the sidecar's cgroup %s: the app "
                                    "would be answered as the sidecar" % (app, mine))
-    return _with_interface(plan, Targets(app, mine, plan.interface, None, own_cgroup=mine))
+    return Targets(app, mine, plan.interface, _interface_index(plan), own_cgroup=mine)
 
 
-def _with_interface(plan, targets: Targets) -> Targets:
-    """`targets` with the interface's index, refused when it is not the pod's."""
-    ifindex = None
-    if plan.interface:
-        if _in_host_netns():
-            raise Refusal(EXIT_CONFIG, "interception.interface %s is in the host's network namespace: "
-                                       "the sidecar attaches only to a pod's interface"
-                                       % plan.interface)
-        try:
-            ifindex = socket.if_nametoindex(plan.interface)
-        except OSError:
-            raise Refusal(EXIT_CONFIG, "interception.interface %s does not exist in the sidecar's "
-                                       "network namespace" % plan.interface)
-    targets.ifindex = ifindex
-    return targets
+def _interface_index(plan) -> Optional[int]:
+    """The ifindex of interception.interface, refused when it is the host's or missing."""
+    if not plan.interface:
+        return None
+    if _in_host_netns():
+        raise Refusal(EXIT_CONFIG, "interception.interface %s is in the host's network namespace: "
+                                   "the sidecar attaches only to a pod's interface" % plan.interface)
+    try:
+        return socket.if_nametoindex(plan.interface)
+    except OSError:
+        raise Refusal(EXIT_CONFIG, "interception.interface %s does not exist in the sidecar's "
+                                   "network namespace" % plan.interface)
 
 
 def run_all(plan) -> Targets:
