@@ -76,6 +76,7 @@ cdef class HttpDownstream(ResponseSink):
     cdef long long body_seen            # request body bytes so far (chunked bodies)
     cdef object delay_handle            # fault delay timer of the exchange, or None
     cdef int delay_abort                # fault abort status once the delay is over
+    cdef double delay_until             # CLOCK_MONOTONIC time the fault delay ends
     cdef char request_id[36]            # the x-request-id generated for this exchange
     cdef bint generated_id
 

@@ -397,6 +397,7 @@ cdef class HttpDownstream(ResponseSink):
         if v.delay > 0:
             # Fault delay: the request (and its body, queued) waits before going upstream.
             self.delay_abort = v.abort_after_delay
+            self.delay_until = self.rec.start + v.delay
             self.delay_handle = self.ctx.loop.call_later(v.delay, self._delay_done)
             return True
         pool.acquire(self)
@@ -422,8 +423,13 @@ cdef class HttpDownstream(ResponseSink):
     def _delay_done(self):
         """The fault delay is over: abort as drawn, or go upstream now."""
         cdef int status = self.delay_abort
+        cdef double early = self.delay_until - monotonic_now()
         self.delay_handle = None
         if self.state == D_CLOSED or not self.in_exchange:
+            return
+        if early > 0:
+            # The loop's timers have millisecond resolution: never shorter than configured.
+            self.delay_handle = self.ctx.loop.call_later(early, self._delay_done)
             return
         if status:
             self.delay_abort = 0
