@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-datapath clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy bench-datapath clean
 
 setup:
 	@scripts/setup-host.sh
@@ -20,6 +20,7 @@ bench: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.policy
 	$(PY) -m benchmarks.kernel_datapath
 
 bench-mesh: setup
@@ -30,6 +31,9 @@ bench-datapath: setup
 
 bench-management: setup
 	$(PY) -m benchmarks.management $(BENCH_ARGS)
+
+bench-policy: setup
+	$(PY) -m benchmarks.policy $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick

@@ -35,6 +35,8 @@ __all__ = [
     "haproxy_proxy",
     "nginx_proxy",
     "sidecar_proxy",
+    "merge_config",
+    "otlp_sink",
     "tool_versions",
 ]
 
@@ -316,22 +318,41 @@ def sidecar_command():
     return [sys.executable, "-m", "sidecar.cli"]
 
 
-def sidecar_proxy(workdir, port, app_port, command=None):
+def sidecar_proxy(workdir, port, app_port, command=None, extra=None):
+    """The sidecar; `extra` (a mapping) is merged into its config, key by key."""
     workdir = Path(workdir)
     outbound_port, admin_port, metrics_port, health_port = free_ports(4)
-    conf = _write(
-        workdir / "sidecar.yaml",
-        SIDECAR_CONF.substitute(
-            port=port,
-            app_port=app_port,
-            outbound_port=outbound_port,
-            admin_port=admin_port,
-            metrics_port=metrics_port,
-            health_port=health_port,
-        ),
+    text = SIDECAR_CONF.substitute(
+        port=port,
+        app_port=app_port,
+        outbound_port=outbound_port,
+        admin_port=admin_port,
+        metrics_port=metrics_port,
+        health_port=health_port,
     )
+    if extra:
+        import yaml
+        text = yaml.safe_dump(merge_config(yaml.safe_load(text), extra), sort_keys=False)
+    conf = _write(workdir / "sidecar.yaml", text)
     cmd = list(command or sidecar_command()) + ["run", "-c", str(conf)]
     return PeerProcess("sidecar", cmd, workdir, port)
+
+
+def merge_config(base, extra):
+    """`extra` merged into `base`: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def otlp_sink(workdir, port):
+    """An OTLP/HTTP collector stand-in (benchmarks.otlp_sink) for runs with tracing."""
+    cmd = [sys.executable, "-m", "benchmarks.otlp_sink", str(port)]
+    return PeerProcess("otlp-sink", cmd, workdir, port)
 
 
 def _first_line(cmd):

@@ -203,6 +203,10 @@ def render_markdown(document):
         f"Tools: {tools['nginx']}; {tools['haproxy']}; {tools['wrk']}; sidecar {tools['sidecar']}; "
         f"Python {tools['python']}.",
         "",
+    ]
+    if s.get("sidecar_config_extra"):
+        out += [f"Sidecar config merged in: `{json.dumps(s['sidecar_config_extra'], sort_keys=True)}`.", ""]
+    out += [
         "Method: every proxy runs one worker on loopback in front of the same nginx app "
         "(`return 200 \"ok\\n\"`, 1 worker, keep-alive). "
         f"{s['rounds']} round(s) of {s['duration_s']} s per proxy and scenario, interleaved in rotated "

@@ -48,6 +48,12 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, help="results directory (default benchmarks/results; a temp dir with --quick)")
     p.add_argument("--only", nargs="+", choices=PROXIES, help="proxies to measure (direct always runs)")
     p.add_argument("--sidecar-cmd", help="command that runs the sidecar CLI (default: .venv/bin/sidecar)")
+    p.add_argument("--sidecar-config-extra", metavar="YAML", type=_yaml_mapping,
+                   help="a YAML mapping merged into the sidecar's config, e.g. "
+                        "'{telemetry: {tracing: {propagate: []}}}'")
+    p.add_argument("--tracing", metavar="PERCENT",
+                   help="sample this share of traces (e.g. 0%% or 100%%) and export them to an "
+                        "OTLP sink the harness starts (benchmarks.otlp_sink, its own process)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2 if args.quick else 10)
@@ -55,6 +61,14 @@ def parse_args(argv):
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="sidecar-bench-results-")) if args.quick else RESULTS_DIR
     return args
+
+
+def _yaml_mapping(text):
+    import yaml
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a YAML mapping")
+    return value
 
 
 def say(message):
@@ -71,7 +85,7 @@ class Target:
         self.error = None
 
 
-def start_targets(workdir, app, names, sidecar_cmd, started):
+def start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra=None):
     """Starts the proxies and returns the targets, direct first; a proxy that fails to
     start gets an error. Each started PeerProcess is appended to `started` at once, so
     the caller can stop it whatever happens next."""
@@ -79,7 +93,8 @@ def start_targets(workdir, app, names, sidecar_cmd, started):
     configure = {
         "nginx": peers.nginx_proxy,
         "haproxy": peers.haproxy_proxy,
-        "sidecar": lambda d, port, app_port: peers.sidecar_proxy(d, port, app_port, command=sidecar_cmd),
+        "sidecar": lambda d, port, app_port: peers.sidecar_proxy(
+            d, port, app_port, command=sidecar_cmd, extra=sidecar_extra),
     }
     ports = peers.free_ports(len(names))
     for name, port in zip(names, ports):
@@ -226,7 +241,16 @@ def main(argv=None):
         started.append(app)
         app.start().wait_ready()
         say(f"  app      ready on 127.0.0.1:{app.port} (pids {' '.join(map(str, app.pids()))})")
-        targets = start_targets(workdir, app, names, sidecar_cmd, started)
+        sidecar_extra = args.sidecar_config_extra
+        if args.tracing is not None:
+            sink = peers.otlp_sink(workdir / "otlp-sink", peers.free_ports(1)[0])
+            started.append(sink)
+            sink.start().wait_ready()
+            say(f"  otlp-sink ready on 127.0.0.1:{sink.port}")
+            sidecar_extra = peers.merge_config(sidecar_extra or {}, {"telemetry": {"tracing": {
+                "sample": args.tracing, "otlp_endpoint": f"http://127.0.0.1:{sink.port}"}}})
+        args.sidecar_extra = sidecar_extra
+        targets = start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra)
         rounds = run_rounds(targets, app, args)
     finally:
         # A second Ctrl-C must not cut the clean-up short.
@@ -255,6 +279,7 @@ def main(argv=None):
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "scenarios": SCENARIOS,
+            "sidecar_config_extra": getattr(args, "sidecar_extra", None),
         },
         "machine": machine.describe_machine(),
         "temp_dir": str(workdir),

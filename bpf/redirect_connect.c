@@ -1,6 +1,8 @@
 /* redirect_connect.c: transparent outbound interception without iptables.
  *
- * Attached to the APP's cgroup only (never the sidecar's, never the root cgroup):
+ * Attached to the APP's cgroup (never the sidecar's, never the root cgroup), or with
+ * interception.cgroup: pod to the POD's cgroup, which holds the sidecar's too: connects
+ * from the sidecar's cgroup (sc_sidecar_cg) are then left alone (sidecar/bpf/pod_cgroup.py).
  *   sc_connect4 / sc_connect6 (cgroup/connect4, cgroup/connect6): a TCP connect() to a
  *     non-loopback destination whose port is not excluded is rewritten to the outbound
  *     listener; the original destination is remembered under the socket's cookie.
@@ -15,11 +17,12 @@
  * Fail open (SC_FAIL_OPEN=1): when no outbound listener exists in the app's network
  * namespace (the sidecar is down), connect() is left alone instead of being refused.
  *
- * Overhead: one hash lookup (excluded ports), one socket lookup (fail open) and one LRU
- * update per outbound connect; one LRU lookup + update + delete per established redirected
+ * Overhead: one array lookup and one cgroup id read (the sidecar's own connects), one hash
+ * lookup (excluded ports), one socket lookup (fail open) and one LRU update per outbound
+ * connect; one LRU lookup + update + delete per established redirected
  * connection and one compare per other established connection. Nothing per packet.
  * Kernel: cgroup sock_addr and sockops programs (4.17+); bpf_sk_lookup_tcp in sock_addr
- * programs (5.2+).
+ * programs (5.2+); bpf_get_current_ancestor_cgroup_id in them (5.7+).
  */
 #include "sidecar_maps.h"
 
@@ -34,6 +37,20 @@ static __always_inline void sc_count(__u32 counter)
 static __always_inline int sc_port_excluded_out(__u16 port)
 {
     return sc_excl_out.lookup(&port) != NULL;
+}
+
+/* Is the calling task the sidecar (in its cgroup, or one below it)? Compared at the
+ * sidecar cgroup's depth, so a helper the sidecar runs in a child cgroup is the sidecar
+ * too. Only in pod mode can the answer be yes: elsewhere the sidecar's cgroup is not below
+ * the one these programs are attached to. */
+static __always_inline int sc_from_sidecar(void)
+{
+    __u32 zero = 0;
+    struct sc_own_cgroup *own = sc_sidecar_cg.lookup(&zero);
+
+    if (!own || own->id == 0)
+        return 0;
+    return bpf_get_current_ancestor_cgroup_id(own->level) == own->id;
 }
 
 /* Is the outbound listener there? Only asked when failing open. */
@@ -89,6 +106,8 @@ int sc_connect4(struct bpf_sock_addr *ctx)
         return 1;
     if (sc_ip4_is_loopback(ip4))     /* local hops, and the listener itself */
         return 1;
+    if (sc_from_sidecar())           /* its upstream connections go where they were sent */
+        return 1;
     if (sc_port_excluded_out(bpf_ntohs(port))) {
         sc_count(SC_CNT_OUT_EXCLUDED);
         return 1;
@@ -113,6 +132,8 @@ int sc_connect6(struct bpf_sock_addr *ctx)
     __u32 w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
 
     if (ctx->type != SC_SOCK_STREAM || ctx->protocol != SC_IPPROTO_TCP)
+        return 1;
+    if (sc_from_sidecar())
         return 1;
     sc_endpoint_set6(&orig, w0, w1, w2, w3, port);
     if (orig.family == SC_AF_INET) {

@@ -4,6 +4,10 @@ from fastpath.head_rewrite cimport RequestId
 from fastpath.upstream cimport ResponseSink, UpstreamConnection, EndpointPool
 from fastpath.exchange cimport ExchangeRecord
 from fastpath.stats cimport WorkerStats
+from fastpath.trace_context cimport Tracer
+from fastpath.route_table cimport RouteTable
+from fastpath.route_policy cimport RoutePolicy, RequestFacts
+from fastpath.header_edits cimport EditValues
 
 cdef class HttpDownstream
 
@@ -22,7 +26,8 @@ cdef class ListenerContext:
     cdef public double now              # coarse clock, advanced by the sweep
     cdef set connections
     cdef EndpointPool app_pool          # inbound: the app
-    cdef object router                  # outbound: chooses an EndpointPool per request
+    cdef object router                  # outbound: the services and original destinations
+    cdef RouteTable routes              # this direction's routes and their policy, or None
     cdef public bint draining
     cdef readonly unsigned long long requests
     cdef readonly unsigned long long responses[6]   # by status class: 1xx..5xx at [1..5]
@@ -30,6 +35,7 @@ cdef class ListenerContext:
     cdef readonly unsigned long long upstream_errors
     cdef WorkerStats worker_stats       # the worker's shared-memory counters, or None
     cdef object access_log              # telemetry's queue of finished exchanges, or None
+    cdef Tracer tracer                  # trace context and sampled spans, or None
     cdef int direction_index            # DIR_INBOUND / DIR_OUTBOUND (stats.pxd)
 
     cdef void exchange_done(self, HttpDownstream conn)
@@ -64,6 +70,15 @@ cdef class HttpDownstream(ResponseSink):
     cdef ExchangeRecord rec             # the exchange in flight (see exchange.pxd)
     cdef bint in_exchange
     cdef bint client_eof                # the client half-closed: answer what it sent, then close
+    cdef RequestFacts facts             # what route policy reads beyond the head (per connection)
+    cdef RoutePolicy route_policy       # the exchange's route, or None
+    cdef long long body_limit           # max_request_body of the route; -1: none
+    cdef long long body_seen            # request body bytes so far (chunked bodies)
+    cdef object delay_handle            # fault delay timer of the exchange, or None
+    cdef int delay_abort                # fault abort status once the delay is over
+    cdef double delay_until             # CLOCK_MONOTONIC time the fault delay ends
+    cdef char request_id[36]            # the x-request-id generated for this exchange
+    cdef bint generated_id
 
     cdef void _process(self, bytes data, Py_ssize_t offset)
     cdef bint _start_request(self)
@@ -76,6 +91,9 @@ cdef class HttpDownstream(ResponseSink):
     cdef void _end_exchange(self)
     cdef void _close_if_client_done(self)
     cdef void _local_response(self, int status, str text, bint close)
+    cdef void _local_response_with(self, int status, str text, bint close, bytes extra)
+    cdef void _edit_values(self, EditValues* v)
+    cdef bint _body_over_limit(self, long long more)
     cdef void _reject(self, int status, const char* reason)
     cdef void _pause(self, int reason)
     cdef void _resume(self, int reason)

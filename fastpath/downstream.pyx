@@ -3,8 +3,10 @@
 accepted connection, running its requests one exchange at a time.
 
 An exchange: parse the request head (strict; a bad one is answered 4xx and the connection
-closed before a byte reaches the app), pick the upstream pool, queue the rewritten head and
-stream the body behind it (a chunked body is decoded and re-framed). The queue is written
+closed before a byte reaches the app), match a route and run its policy (route_policy.pyx:
+a refusal is answered here and nothing of the request goes upstream), pick the upstream
+pool, queue the rewritten head and stream the body behind it (a chunked body is decoded
+and re-framed, and counted against the route's max_request_body). The queue is written
 once per read, so a small request leaves in one write. The response comes back through the
 `ResponseSink` methods and is written as it arrives.
 
@@ -16,14 +18,16 @@ reading from the upstream.
 Timeouts cost nothing per request: each connection keeps one deadline, compared against a
 coarse clock by a sweep a few times a second (`sweep_timeouts`).
 """
+import http
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memset
+from cpython.ref cimport PyObject
+from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastpath.parser cimport (
-    MessageHead, HeadParser, ChunkedDecoder, Limits, M_CONNECT,
+    MessageHead, HeadParser, ChunkedDecoder, Limits, Field, M_CONNECT, M_HEAD,
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, reframe_chunked,
 )
 from fastpath.head_rewrite cimport (
@@ -33,7 +37,12 @@ from fastpath.head_rewrite cimport (
 from fastpath.upstream cimport (
     ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
 )
-from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC
+from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC, RF_UH, TRACE_ON, TRACE_SAMPLED
+from fastpath.trace_context cimport Tracer
+from fastpath.route_table cimport RouteTable
+from fastpath.route_policy cimport RoutePolicy, RequestFacts, Verdict
+from fastpath.header_edits cimport EditValues
+from fastpath.service_cluster cimport ServiceCluster
 from fastpath.stats cimport WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP
 from fastpath.tunnel import join_tunnel
 from fastpath.original_destination import original_destination
@@ -62,12 +71,8 @@ cdef enum Deadline:
     DL_IDLE             # keep-alive connection with no request
     DL_REQUEST          # the response must be complete by then
 
-STATUS_TEXT = {
-    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-}
+STATUS_TEXT = {status.value: status.phrase for status in http.HTTPStatus}
+STATUS_TEXT[413] = "Content Too Large"      # RFC 9110's name
 
 
 cdef inline double monotonic_now():
@@ -79,7 +84,7 @@ cdef inline double monotonic_now():
 cdef class ListenerContext:
     def __cinit__(self, loop, str direction, Limits limits, EndpointPool app_pool=None,
                   router=None, bint add_xff=True, double header_read_timeout=10.0,
-                  double idle_timeout=300.0, double request_timeout=0.0):
+                  double idle_timeout=300.0, double request_timeout=0.0, RouteTable routes=None):
         self.loop = loop
         self.direction = direction
         self.limits = limits
@@ -92,23 +97,27 @@ cdef class ListenerContext:
         self.connections = set()
         self.app_pool = app_pool
         self.router = router
+        self.routes = routes
         self.draining = False
         self.direction_index = DIR_OUTBOUND if direction == "outbound" else DIR_INBOUND
 
-    def attach_telemetry(self, WorkerStats stats, access_log=None):
+    def attach_telemetry(self, WorkerStats stats, access_log=None, Tracer tracer=None):
         """Where finished exchanges are counted (shared memory) and logged (a queue with
-        a `push(facts)` method, or None for no access log)."""
+        a `push(facts)` method, or None for no access log), and the tracer that gives
+        them a trace context and exports the sampled ones (None: no tracing)."""
         self.worker_stats = stats
         self.access_log = access_log
+        self.tracer = tracer
 
     def configure(self, Limits limits, EndpointPool app_pool=None, router=None,
                   double header_read_timeout=10.0, double idle_timeout=300.0,
-                  double request_timeout=0.0):
+                  double request_timeout=0.0, RouteTable routes=None):
         """Takes a new config's values for the connections and exchanges that start from
         now on (Worker.apply_config); those in flight keep what they began with."""
         self.limits = limits
         self.app_pool = app_pool
         self.router = router
+        self.routes = routes if routes is not None and routes.n_routes else None
         self.header_read_timeout = header_read_timeout
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
@@ -141,6 +150,8 @@ cdef class ListenerContext:
             stats.record_exchange(self.direction_index, &conn.rec, now)
         if self.access_log is not None:
             self.access_log.push(conn.exchange_facts(now))
+        if conn.rec.trace.flags & TRACE_SAMPLED and self.tracer is not None:
+            _export_span(self, conn, now)
 
     @property
     def active_connections(self):
@@ -165,6 +176,8 @@ cdef class HttpDownstream(ResponseSink):
         self.to_upstream = []
         self.state = D_HEAD
         self.original_dst = None
+        self.facts = RequestFacts()
+        self.body_limit = -1
 
     # -- asyncio protocol -------------------------------------------------------------
 
@@ -172,6 +185,7 @@ cdef class HttpDownstream(ResponseSink):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode() if peer else None
+        self.facts.set_client(self.client_ip)
         self.ctx.connections.add(self)
         if self.ctx.worker_stats is not None:
             self.ctx.worker_stats.connection_opened(self.ctx.direction_index, PROTO_HTTP)
@@ -204,6 +218,9 @@ cdef class HttpDownstream(ResponseSink):
 
     def connection_lost(self, exc):
         cdef UpstreamConnection up = self.upstream
+        if self.delay_handle is not None:
+            self.delay_handle.cancel()
+            self.delay_handle = None
         if self.in_exchange:
             self._finish_record(RF_DC)
         if self.state != D_TUNNEL and self.ctx.worker_stats is not None:
@@ -267,16 +284,34 @@ cdef class HttpDownstream(ResponseSink):
         self._close_if_client_done()
 
     cdef bint _start_request(self):
-        """Starts the exchange for the parsed head; False when answered locally."""
+        """Starts the exchange for the parsed head; False when answered locally.
+
+        The request's way, top to bottom: route (route_table.pyx) -> the route's policy
+        (route_policy.pyx: authn, authz, rate limit, body limit, fault) -> destination
+        (the route's weighted services, the app, or the outbound router; each service a
+        ServiceCluster) -> request header edits -> forward, after a fault delay if any."""
         cdef MessageHead req = self.req
+        cdef RoutePolicy policy = None
+        cdef ServiceCluster cluster
         cdef EndpointPool pool
+        cdef Verdict v
+        cdef EditValues ev
         cdef bytes head
         cdef bytes authority = None
+        cdef bytes extra = None
         self._begin_record(req.method)
+        if self.ctx.tracer is not None:
+            self.ctx.tracer.start_exchange(&self.rec.trace, req)
         self.response_started = False
         self.request_done = False
         self.retried = False
         self.close_after = not req.keep_alive or self.ctx.draining
+        self.route_policy = None
+        self.facts.principal = None
+        self.body_limit = -1
+        self.body_seen = 0
+        self.delay_abort = 0
+        self.generated_id = False
         if req.method == M_CONNECT:
             self._local_response(405, "CONNECT is not supported", True)
             return False
@@ -284,10 +319,43 @@ cdef class HttpDownstream(ResponseSink):
             # An HTTP/1.0 request without Host (the parser requires it in HTTP/1.1): an
             # absolute-form target names its authority (and routes by it).
             authority = host_for(req, None)
+        v.delay = 0
+        if self.ctx.routes is not None:
+            self.facts.path.load(req)
+            policy = self.ctx.routes.match(req, self.facts.path)
+        if policy is not None:
+            self.route_policy = policy
+            self.rec.route = policy.index
+            self.facts.now = self.rec.start
+            policy.decide(req, self.facts, &v)
+            self.rec.flags |= v.flags
+            self.rec.ratelimit = v.ratelimit
+            self.rec.authz = v.authz
+            if v.status:
+                self._local_response_with(v.status, self.facts.reason, req.body_kind != BODY_NONE,
+                                          self.facts.local_headers)
+                return False
+            self.body_limit = policy.max_request_body
+
+        # (A per-route response cache answers here, before a destination is chosen.)
         pool = self.ctx.app_pool
-        if pool is None:
-            pool = self.ctx.router.pool_for(self.original_dst,
-                                            req.get(b"host") if authority is None else authority)
+        if policy is not None and policy.clusters:
+            cluster = policy.pick_cluster()
+            self.rec.service = cluster.index
+            pool = cluster.pick(self.original_dst)
+            if pool is None:
+                self.rec.flags |= RF_UH
+                self._local_response(503, "no endpoint for service " + cluster.name,
+                                     req.body_kind != BODY_NONE)
+                return False
+        elif pool is None:
+            cluster = self.ctx.router.cluster_for(
+                self.original_dst, req.get(b"host") if authority is None else authority)
+            if cluster is not None:
+                self.rec.service = cluster.index
+                pool = cluster.pick(self.original_dst)
+            elif self.original_dst is not None:
+                pool = self.ctx.router.pool(self.original_dst[0], self.original_dst[1])
             if pool is None:
                 self._local_response(404, "no route to this destination", req.body_kind != BODY_NONE)
                 return False
@@ -304,8 +372,16 @@ cdef class HttpDownstream(ResponseSink):
         else:
             self.deadline = 0
             self.deadline_kind = DL_NONE
+        if req.request_id_index < 0:
+            self.ctx.request_id.next()
+            memcpy(self.request_id, self.ctx.request_id.text, 36)
+            self.generated_id = True
+        if policy is not None and policy.request_edits is not None:
+            policy.request_edits.mark_drops(req)
+            self._edit_values(&ev)
+            extra = policy.request_edits.added_lines(&ev)
         head = build_request_head(req, self.client_ip if self.ctx.add_xff else None,
-                                  self.ctx.request_id, authority)
+                                  self.ctx.request_id, authority, &self.rec.trace, extra)
         self.retry_head = head if req.body_kind == BODY_NONE else None
         self.to_upstream.append(head)
         self.to_upstream_bytes = PyBytes_GET_SIZE(head)
@@ -318,6 +394,12 @@ cdef class HttpDownstream(ResponseSink):
         else:
             self.state = D_RESPONSE
             self.request_done = True
+        if v.delay > 0:
+            # Fault delay: the request (and its body, queued) waits before going upstream.
+            self.delay_abort = v.abort_after_delay
+            self.delay_until = self.rec.start + v.delay
+            self.delay_handle = self.ctx.loop.call_later(v.delay, self._delay_done)
+            return True
         pool.acquire(self)
         return True
 
@@ -338,9 +420,71 @@ cdef class HttpDownstream(ResponseSink):
             return ("[%s]:%d" % (host, dst[1])).encode()
         return ("%s:%d" % (host, dst[1])).encode()
 
+    def _delay_done(self):
+        """The fault delay is over: abort as drawn, or go upstream now."""
+        cdef int status = self.delay_abort
+        cdef double early = self.delay_until - monotonic_now()
+        self.delay_handle = None
+        if self.state == D_CLOSED or not self.in_exchange:
+            return
+        if early > 0:
+            # The loop's timers have millisecond resolution: never shorter than configured.
+            self.delay_handle = self.ctx.loop.call_later(early, self._delay_done)
+            return
+        if status:
+            self.delay_abort = 0
+            self._local_response(status, "fault filter abort", False)
+            return
+        self.pool.acquire(self)
+
+    cdef void _edit_values(self, EditValues* v):
+        """The values of %{...} in header edits, for the exchange in flight."""
+        cdef Field* f
+        cdef MessageHead req = self.req
+        memset(v, 0, sizeof(EditValues))
+        if self.generated_id:
+            v.request_id = self.request_id
+            v.request_id_len = 36
+        elif req.request_id_index >= 0:
+            f = &req.fields[req.request_id_index]
+            v.request_id = req.buf + f.value_start
+            v.request_id_len = f.value_end - f.value_start
+        if self.facts.principal is not None:
+            v.principal = PyBytes_AS_STRING(self.facts.principal.name)
+            v.principal_len = PyBytes_GET_SIZE(self.facts.principal.name)
+            v.claims = <PyObject*>self.facts.principal.header_claims
+        if self.client_ip is not None:
+            v.client_ip = PyBytes_AS_STRING(self.client_ip)
+            v.client_ip_len = PyBytes_GET_SIZE(self.client_ip)
+        if self.route_policy is not None:
+            v.route = PyBytes_AS_STRING(self.route_policy.name_bytes)
+            v.route_len = PyBytes_GET_SIZE(self.route_policy.name_bytes)
+
+    cdef bint _body_over_limit(self, long long more):
+        """Counts `more` body bytes; past max_request_body, answers 413 (or cuts a started
+        response) and closes, and the upstream connection is aborted so that the app never
+        sees a complete request. True when the limit was passed."""
+        self.body_seen += more
+        if self.body_seen <= self.body_limit:
+            return False
+        log.info("%s %s: request body over max_request_body (%d bytes)", self.ctx.direction,
+                 self.req.target, self.body_limit)
+        if self.response_started:
+            up = self.upstream
+            self.upstream = None
+            if up is not None:
+                up.detach()
+            self._finish_record(0)
+            self._close()
+        else:
+            self._local_response(413, "request body too large", True)
+        return True
+
     cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t take, pos
+        cdef long long more
+        cdef int k
         cdef const char* d = PyBytes_AS_STRING(data)
         cdef bytes out
         if self.req.body_kind == BODY_LENGTH:
@@ -359,6 +503,12 @@ cdef class HttpDownstream(ResponseSink):
         if pos < 0:
             self._reject(self.chunks.error_status, self.chunks.error_reason)
             return -1
+        if self.body_limit >= 0:
+            more = 0
+            for k in range(self.chunks.nspans):
+                more += self.chunks.spans[2 * k + 1] - self.chunks.spans[2 * k]
+            if self._body_over_limit(more):
+                return -1
         self.rec.request_bytes += pos - offset
         out = reframe_chunked(d, self.chunks, self.chunks.done)
         if PyBytes_GET_SIZE(out):
@@ -411,7 +561,7 @@ cdef class HttpDownstream(ResponseSink):
 
     cdef void on_interim_response(self, MessageHead resp):
         if self.req.version == 11:
-            self.transport.write(build_response_head(resp, FRAME_NONE, False, False, NULL, 0))
+            self.transport.write(build_response_head(resp, FRAME_NONE, False, False, None, NULL, 0))
 
     cdef int response_framing(self, MessageHead resp):
         if resp.body_kind == BODY_NONE:
@@ -423,6 +573,8 @@ cdef class HttpDownstream(ResponseSink):
     cdef void on_response_head(self, MessageHead resp, int framing, const char* tail,
                                Py_ssize_t tail_len, bint complete):
         cdef UpstreamConnection up
+        cdef EditValues ev
+        cdef bytes extra = None
         self.response_started = True
         self.rec.status = resp.status
         self.rec.response_bytes += tail_len
@@ -441,14 +593,18 @@ cdef class HttpDownstream(ResponseSink):
             # Close-delimited for an HTTP/1.0 client, or the response came before the
             # whole request did: this connection ends with this response.
             self.close_after = True
+        if self.route_policy is not None and self.route_policy.response_edits is not None:
+            self.route_policy.response_edits.mark_drops(resp)
+            self._edit_values(&ev)
+            extra = self.route_policy.response_edits.added_lines(&ev)
         self.transport.write(build_response_head(
             resp, framing, self.close_after, self.req.version == 10 and not self.close_after,
-            tail, tail_len))
+            extra, tail, tail_len))
 
     def _upgrade(self, MessageHead resp, UpstreamConnection up):
         """101 Switching Protocols: the connection pair becomes a byte tunnel."""
         cdef bytes waiting = self.pipelined
-        self.transport.write(build_response_head(resp, FRAME_NONE, False, False, NULL, 0))
+        self.transport.write(build_response_head(resp, FRAME_NONE, False, False, None, NULL, 0))
         self._finish_record(0)         # the HTTP exchange ends here; the tunnel is bytes
         self.state = D_TUNNEL
         if self.ctx.worker_stats is not None:
@@ -551,9 +707,12 @@ cdef class HttpDownstream(ResponseSink):
             self._close()
 
     cdef void _local_response(self, int status, str text, bint close):
+        self._local_response_with(status, text, close, None)
+
+    cdef void _local_response_with(self, int status, str text, bint close, bytes extra):
         """Answers the current request from the proxy itself (never after a response
-        started). The connection stays open unless `close` or the request body is still
-        arriving."""
+        started), with the field lines `extra` (WWW-Authenticate, Retry-After...). The
+        connection stays open unless `close` or the request body is still arriving."""
         cdef UpstreamConnection up = self.upstream
         if self.state == D_CLOSED:
             return
@@ -562,16 +721,28 @@ cdef class HttpDownstream(ResponseSink):
         if up is not None:
             self.upstream = None
             up.detach()
+        if self.delay_handle is not None:
+            self.delay_handle.cancel()
+            self.delay_handle = None
         self.to_upstream = []
         self.to_upstream_bytes = 0
         if self.state == D_BODY:
             close = True       # the rest of the body would be taken for the next request
         close = close or self.close_after or self.ctx.draining
         body = text + "\n"
-        self.transport.write((
-            "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
-                status, STATUS_TEXT.get(status, "Error"), len(body),
-                "connection: close\r\n" if close else "", body)).encode())
+        if status == 204 or status == 304:
+            # no body, and no length fields (RFC 9110 8.6: a 204 has no Content-Length)
+            self.transport.write(("HTTP/1.1 %d %s\r\n%s%s\r\n" % (
+                status, STATUS_TEXT.get(status, "Error"),
+                extra.decode("latin-1") if extra is not None else "",
+                "connection: close\r\n" if close else "")).encode())
+        else:
+            self.transport.write((
+                "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+                    status, STATUS_TEXT.get(status, "Error"), len(body),
+                    extra.decode("latin-1") if extra is not None else "",
+                    "connection: close\r\n" if close else "",
+                    "" if self.rec.method == M_HEAD else body)).encode())
         self.close_after = close
         if self.processing:
             # Called while parsing this read: the caller stops; end here.
@@ -598,15 +769,19 @@ cdef class HttpDownstream(ResponseSink):
         request_id = None
         if parsed and req.request_id_index >= 0:
             request_id = req.field_value(req.request_id_index)
-        elif pool is not None:
-            request_id = self.ctx.request_id.text[:36]     # generated for this request
+        elif self.generated_id:
+            request_id = self.request_id[:36]
+        trace = self.rec.trace.flags & TRACE_ON
         return (self.ctx.direction, self.rec.start, now,
                 req.method_bytes if parsed else None, req.target if parsed else None,
                 req.get(b"host") if parsed else None, request_id,
                 self.rec.route, self.rec.service,
                 (pool.host, pool.port) if pool is not None else None,
                 self.rec.status, self.rec.flags, self.rec.request_bytes,
-                self.rec.response_bytes, self.rec.retries, self.client_ip)
+                self.rec.response_bytes, self.rec.retries, self.client_ip,
+                self.facts.principal.name if self.facts.principal is not None else None,
+                (self.rec.trace.trace_hi, self.rec.trace.trace_lo) if trace else None,
+                self.rec.trace.span_id if trace else None)
 
     def refuse_not_http(self):
         """The connection's first bytes are not an HTTP/1 request and cannot go anywhere else."""
@@ -658,3 +833,27 @@ cdef class HttpDownstream(ResponseSink):
                 self.transport.abort()
             else:
                 self._local_response(504, "upstream request timeout", True)
+
+
+# -- tracing ------------------------------------------------------------------------------
+
+cdef void _export_span(ListenerContext ctx, HttpDownstream conn, double now):
+    """Hands the span of the sampled exchange that just ended to the tracer's exporter."""
+    cdef Tracer tracer = ctx.tracer
+    cdef MessageHead req = conn.req
+    cdef EndpointPool pool = conn.pool
+    cdef const char* request_id = NULL
+    cdef Py_ssize_t request_id_len = 0
+    if tracer.exporter is None or req.buf == NULL:
+        return
+    if req.request_id_index >= 0:
+        request_id = req.buf + req.fields[req.request_id_index].value_start
+        request_id_len = (req.fields[req.request_id_index].value_end
+                          - req.fields[req.request_id_index].value_start)
+    elif conn.generated_id:
+        request_id = conn.request_id
+        request_id_len = 36
+    tracer.export_exchange(ctx.direction_index, &conn.rec, req,
+                           pool.host if pool is not None else None,
+                           pool.port if pool is not None else 0,
+                           conn.client_ip, request_id, request_id_len, now)

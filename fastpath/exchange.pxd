@@ -31,6 +31,28 @@ cdef enum CacheResult:
     CACHE_HIT
     CACHE_MISS
 
+# TraceContext.flags bits (see trace_context.pyx for the propagation rules).
+cdef enum TraceFlag:
+    TRACE_ON = 0x001            # the context is set (every exchange with a parsed head)
+    TRACE_SAMPLED = 0x002       # the span is recorded and exported
+    TRACE_DEBUG = 0x004         # B3 debug: sampled, and said so downstream (x-b3-flags: 1)
+    TRACE_RANDOM = 0x008        # W3C trace-flags "random" bit: the trace id is random
+    TRACE_STATE = 0x010         # a valid tracestate came with the traceparent: forward it
+    TRACE_EMIT_W3C = 0x020      # write traceparent (and tracestate) upstream
+    TRACE_EMIT_B3 = 0x040       # write x-b3-* upstream
+    TRACE_EMIT_B3_SINGLE = 0x080   # also write the single `b3` header (the caller used it)
+    TRACE_FROM_W3C = 0x100      # the context came in as traceparent
+    TRACE_FROM_B3 = 0x200       # the context came in as b3 / x-b3-*
+    TRACE_STATE_BOUNDED = 0x400 # the tracestate is over 512 bytes: forward it truncated
+
+# The trace context of one exchange: a few C fields, no Python object.
+cdef struct TraceContext:
+    unsigned long long trace_hi       # 128-bit trace id (hi 0 for a 64-bit B3 id)
+    unsigned long long trace_lo
+    unsigned long long span_id        # the sidecar's span: the upstream's parent
+    unsigned long long parent_id      # the caller's span; 0: the sidecar started the trace
+    unsigned int flags                # TraceFlag bits
+
 cdef struct ExchangeRecord:
     double start                  # CLOCK_MONOTONIC seconds: the request head was complete
     int method                    # parser Method
@@ -44,3 +66,4 @@ cdef struct ExchangeRecord:
     int ratelimit                 # Decision
     int authz                     # Decision
     int cache                     # CacheResult
+    TraceContext trace

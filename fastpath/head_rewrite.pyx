@@ -6,10 +6,14 @@ fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are removed
 framing is written anew from what the parser decided (one `content-length`, or
 `transfer-encoding: chunked` for a body we re-frame), never copied, so no ambiguity the
 client sent can reach the app; `x-forwarded-for` gets the client address appended;
-`x-request-id` is kept, or generated. An upgrade keeps `upgrade` and says
-`connection: upgrade`. A field the client names in Connection is hop-by-hop whatever its
-name: a nominated `x-forwarded-for` is not merged into ours, a nominated `x-request-id`
+`x-request-id` is kept, or generated (the caller advances the RequestId first, so it
+knows the id too); the trace context fields are written by
+trace_context.pyx (those it replaces are marked dropped). An upgrade keeps `upgrade` and
+says `connection: upgrade`. A field the client names in Connection is hop-by-hop whatever
+its name: a nominated `x-forwarded-for` is not merged into ours, a nominated `x-request-id`
 is replaced by a generated one (the upstream always gets exactly one); only Host stays.
+Route policy's header edits come as fields already flagged `drop` and as `extra`, field
+lines written after the rest.
 
 An HTTP/1.0 request may come without Host; HTTP/1.1 requires one (RFC 9112 3.2), so the
 forwarded request gets `host:` with the authority of an absolute-form target, or else the
@@ -33,6 +37,8 @@ from libc.string cimport memcpy
 from fastpath.parser cimport (
     MessageHead, Field, BODY_CHUNKED, HDR_UPGRADE, HDR_X_FORWARDED_FOR,
 )
+from fastpath.exchange cimport TraceContext
+from fastpath.trace_context cimport Tracer, trace_headers_size, put_trace_headers
 
 
 cdef class RequestId:
@@ -50,14 +56,18 @@ cdef class RequestId:
             self.lo = (self.lo << 8) | p[8 + k]
 
     cdef void next(self):
-        cdef char tmp[40]
         self.lo += 1
+        self.format(self.lo, self.text)
+
+    cdef void format(self, unsigned long long lo, char* out) noexcept:
+        """Writes the 36 characters of the id with counter `lo` (self.lo after its next())."""
+        cdef char tmp[40]
         snprintf(tmp, 40, b"%08x-%04x-4%03x-%04x-%012llx",
                  <unsigned int>(self.hi >> 32), <unsigned int>((self.hi >> 16) & 0xffff),
                  <unsigned int>(self.hi & 0xfff),
-                 <unsigned int>(0x8000 | ((self.lo >> 48) & 0x3fff)),
-                 <unsigned long long>(self.lo & 0xffffffffffffULL))
-        memcpy(self.text, tmp, 36)
+                 <unsigned int>(0x8000 | ((lo >> 48) & 0x3fff)),
+                 <unsigned long long>(lo & 0xffffffffffffULL))
+        memcpy(out, tmp, 36)
 
     @property
     def current(self):
@@ -161,10 +171,13 @@ cdef bytes host_for(MessageHead h, bytes destination):
 
 
 cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_id,
-                              bytes authority):
-    """The head to send upstream for the request `h` (see the module rules). `authority`
-    is the Host value for a request without Host (`host_for`; None writes an empty one,
-    as RFC 9112 3.2 says a client with no authority does); ignored when `h` has Host."""
+                              bytes authority, const TraceContext* trace, bytes extra):
+    """The head to send upstream for the request `h` (see the module rules), with the
+    trace fields of `trace` (NULL: none) and the field lines `extra` (None: none).
+    `authority` is the Host value for a request without Host (`host_for`; None writes an
+    empty one, as RFC 9112 3.2 says a client with no authority does); ignored when `h` has
+    Host. Without an x-request-id in `h`, `request_id`'s current id is added: call its
+    next() first."""
     cdef char length_text[32]
     cdef int length_len = 0
     cdef Py_ssize_t total
@@ -172,6 +185,7 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
     cdef bint add_id = h.request_id_index < 0
     cdef bint add_host = h.host_index < 0
     cdef Py_ssize_t host_len = 0
+    cdef Py_ssize_t extra_len = PyBytes_GET_SIZE(extra) if extra is not None else 0
     cdef bytes out
     cdef char* w
 
@@ -190,8 +204,10 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
     if ip_len:
         total += 17 + _xff_values_size(h) + ip_len + 2
     if add_id:
-        request_id.next()
         total += 14 + 36 + 2
+    if trace != NULL:
+        total += trace_headers_size(trace, h)
+    total += extra_len
 
     out = PyBytes_FromStringAndSize(NULL, total)
     w = PyBytes_AS_STRING(out)
@@ -219,16 +235,22 @@ cdef bytes build_request_head(MessageHead h, bytes client_ip, RequestId request_
         w = _put(w, b"x-request-id: ", 14)
         w = _put(w, request_id.text, 36)
         w = _put(w, b"\r\n", 2)
+    if trace != NULL:
+        w = put_trace_headers(w, trace, h)
+    if extra_len:
+        w = _put(w, PyBytes_AS_STRING(extra), extra_len)
     _put(w, b"\r\n", 2)
     return out
 
 
 cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep_alive_header,
-                               const char* tail, Py_ssize_t tail_len):
-    """The head to send to the client for the response `h`, followed by `tail` (the first
-    body bytes, so a small response leaves in one write)."""
+                               bytes extra, const char* tail, Py_ssize_t tail_len):
+    """The head to send to the client for the response `h` (with the field lines `extra`
+    added), followed by `tail` (the first body bytes, so a small response leaves in one
+    write)."""
     cdef char length_text[32]
     cdef int length_len = 0
+    cdef Py_ssize_t extra_len = PyBytes_GET_SIZE(extra) if extra is not None else 0
     cdef Py_ssize_t total
     cdef bytes out
     cdef char* w
@@ -237,6 +259,7 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
         length_len = snprintf(length_text, 32, b"content-length: %lld\r\n",
                               h.content_length if h.content_length > 0 else 0)
     total = 9 + (h.line_end - h.reason_start) + 2 + _kept_fields_size(h) + length_len + 2 + tail_len
+    total += extra_len
     if h.upgrade:
         total += 21 + _fields_of_kind_size(h, HDR_UPGRADE)
     if framing == FRAME_CHUNKED:
@@ -262,6 +285,8 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
         w = _put(w, b"connection: close\r\n", 19)
     elif keep_alive_header:
         w = _put(w, b"connection: keep-alive\r\n", 24)
+    if extra_len:
+        w = _put(w, PyBytes_AS_STRING(extra), extra_len)
     w = _put(w, b"\r\n", 2)
     if tail_len:
         _put(w, tail, tail_len)
@@ -269,11 +294,19 @@ cdef bytes build_response_head(MessageHead h, int framing, bint close, bint keep
 
 
 def rewrite_request(MessageHead h, bytes client_ip=None, RequestId request_id=None,
-                    bytes destination=None):
+                    bytes destination=None, Tracer tracer=None, bytes extra=None):
     """Python entry for tests: the forwarded head of request `h`; `destination` is the
-    authority the proxy knows for a request without Host (see `host_for`)."""
-    return build_request_head(h, client_ip, request_id or RequestId(),
-                              host_for(h, destination) if h.host_index < 0 else None)
+    authority the proxy knows for a request without Host (see `host_for`); the trace
+    fields are those `tracer` gives it, when one is passed; `extra` field lines last."""
+    cdef TraceContext trace
+    cdef bytes authority = host_for(h, destination) if h.host_index < 0 else None
+    request_id = request_id or RequestId()
+    if h.request_id_index < 0:
+        request_id.next()
+    if tracer is None:
+        return build_request_head(h, client_ip, request_id, authority, NULL, extra)
+    tracer.start_exchange(&trace, h)
+    return build_request_head(h, client_ip, request_id, authority, &trace, extra)
 
 
 def host_for_request(MessageHead h, bytes destination=None):
@@ -281,6 +314,7 @@ def host_for_request(MessageHead h, bytes destination=None):
     return host_for(h, destination)
 
 
-def rewrite_response(MessageHead h, int framing, bint close=False, bint keep_alive_header=False):
+def rewrite_response(MessageHead h, int framing, bint close=False, bint keep_alive_header=False,
+                     bytes extra=None):
     """Python entry for tests: the forwarded head of response `h`."""
-    return build_response_head(h, framing, close, keep_alive_header, NULL, 0)
+    return build_response_head(h, framing, close, keep_alive_header, extra, NULL, 0)

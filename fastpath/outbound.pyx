@@ -11,7 +11,6 @@ HTTP requests go to a configured service when one matches (by original destinati
 CIDR:port, or by Host), to one of its endpoints; otherwise to the original destination.
 """
 import ipaddress
-import itertools
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -19,6 +18,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from fastpath.downstream cimport HttpDownstream, ListenerContext
 from fastpath.parser cimport Limits
 from fastpath.upstream cimport EndpointPool
+from fastpath.service_cluster cimport ServiceCluster
 from fastpath.original_destination import original_destination
 from fastpath.tunnel import start_tunnel
 
@@ -45,7 +45,9 @@ def is_http1_start(bytes first):
 
 
 class OutboundRouter:
-    """Chooses the upstream pool of an outbound HTTP request (see the module rules)."""
+    """The outbound destinations: one ServiceCluster per configured service (found by
+    Host or by original destination, see the module rules), and the pools of original
+    destinations. Shares one EndpointPool per (host, port) between all of them."""
 
     def __init__(self, loop, Limits limits, services=(), double connect_timeout=1.0,
                  double idle_timeout=60.0):
@@ -54,17 +56,20 @@ class OutboundRouter:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.pools = {}
-        self.by_host = {}          # (host, port or None) -> service entry
-        self.by_cidr = []          # (network, port or None, service entry)
-        for svc in services:
-            entry = {"service": svc, "next": itertools.cycle(range(max(1, len(svc.endpoints))))}
+        self.clusters = []         # config index -> ServiceCluster
+        self.by_host = {}          # (host, port or None) -> ServiceCluster
+        self.by_cidr = []          # (network, port or None, ServiceCluster)
+        for index, svc in enumerate(services):
+            cluster = ServiceCluster(index, svc, self.pool)
+            self.clusters.append(cluster)
             for m in svc.match:
                 if m.host:
-                    self.by_host[(m.host, m.port)] = entry
+                    self.by_host[(m.host, m.port)] = cluster
                 if m.cidr:
-                    self.by_cidr.append((ipaddress.ip_network(m.cidr, strict=False), m.port, entry))
+                    self.by_cidr.append((ipaddress.ip_network(m.cidr, strict=False), m.port, cluster))
 
     def pool(self, host, int port, svc=None):
+        """The pool of endpoint (host, port), made on first use."""
         key = (host, port)
         pool = self.pools.get(key)
         if pool is None:
@@ -81,32 +86,28 @@ class OutboundRouter:
             self.pools[key] = pool
         return pool
 
-    def match_service(self, original_dst, bytes host_header):
+    def cluster_for(self, original_dst, bytes host_header):
+        """The ServiceCluster a request is for (by Host, then original destination), or None."""
         if host_header:
             host, _, port = host_header.decode("latin-1").lower().rpartition(":")
             if not host or not port.isdigit():
                 host, port = host_header.decode("latin-1").lower(), None
-            entry = (self.by_host.get((host, int(port) if port else None))
-                     or self.by_host.get((host, None)))
-            if entry is not None:
-                return entry
+            cluster = (self.by_host.get((host, int(port) if port else None))
+                       or self.by_host.get((host, None)))
+            if cluster is not None:
+                return cluster
         if original_dst is not None and self.by_cidr:
             addr = ipaddress.ip_address(original_dst[0])
-            for net, port, entry in self.by_cidr:
+            for net, port, cluster in self.by_cidr:
                 if addr in net and (port is None or port == original_dst[1]):
-                    return entry
+                    return cluster
         return None
 
     def pool_for(self, original_dst, bytes host_header):
-        entry = self.match_service(original_dst, host_header)
-        if entry is not None:
-            svc = entry["service"]
-            if svc.endpoints:
-                host, port = svc.endpoints[next(entry["next"])]
-                return self.pool(host, port, svc)
-            if original_dst is not None:
-                return self.pool(original_dst[0], original_dst[1], svc)
-            return None
+        """The pool a request without a route service goes to, or None."""
+        cluster = self.cluster_for(original_dst, host_header)
+        if cluster is not None:
+            return cluster.pick_pool(original_dst)
         if original_dst is not None:
             return self.pool(original_dst[0], original_dst[1])
         return None

@@ -15,6 +15,16 @@ cdef enum HeaderKind:
     HDR_EXPECT
     HDR_X_REQUEST_ID
     HDR_X_FORWARDED_FOR
+    # Trace context fields (trace_context.pyx), end-to-end: forwarded unless the tracer
+    # replaces them. Keep them last: MessageHead.trace_fields has a bit for each.
+    HDR_TRACEPARENT
+    HDR_TRACESTATE
+    HDR_B3
+    HDR_X_B3_TRACEID
+    HDR_X_B3_SPANID
+    HDR_X_B3_PARENTSPANID
+    HDR_X_B3_SAMPLED
+    HDR_X_B3_FLAGS
 
 cdef enum Method:
     M_OTHER = 0
@@ -77,6 +87,7 @@ cdef class MessageHead:
     cdef readonly bint expect_continue
     cdef int host_index
     cdef int request_id_index
+    cdef int trace_fields            # bit (1 << (kind - HDR_TRACEPARENT)) per trace field kind present
     # error (parse returned -1)
     cdef readonly int error_status
     cdef const char* error_reason

@@ -100,6 +100,14 @@ cdef int _header_kind(const char* p, Py_ssize_t n):
         return HDR_TRANSFER_ENCODING
     if n == 12 and _is_name(p, n, b"x-request-id", 12):
         return HDR_X_REQUEST_ID
+    if n >= 10 and (p[0] == b'x' or p[0] == b'X') and _is_name(p, 5, b"x-b3-", 5):
+        return _b3_header_kind(p + 5, n - 5)
+    if n == 11 and _is_name(p, n, b"traceparent", 11):
+        return HDR_TRACEPARENT
+    if n == 10 and _is_name(p, n, b"tracestate", 10):
+        return HDR_TRACESTATE
+    if n == 2 and _is_name(p, n, b"b3", 2):
+        return HDR_B3
     if n == 15 and _is_name(p, n, b"x-forwarded-for", 15):
         return HDR_X_FORWARDED_FOR
     if n == 7:
@@ -113,6 +121,21 @@ cdef int _header_kind(const char* p, Py_ssize_t n):
         return HDR_TE
     if n == 16 and _is_name(p, n, b"proxy-connection", 16):
         return HDR_PROXY_CONNECTION
+    return HDR_OTHER
+
+
+cdef int _b3_header_kind(const char* p, Py_ssize_t n):
+    """The kind of an `x-b3-` field from the rest of its name."""
+    if n == 7 and _is_name(p, n, b"traceid", 7):
+        return HDR_X_B3_TRACEID
+    if n == 6 and _is_name(p, n, b"spanid", 6):
+        return HDR_X_B3_SPANID
+    if n == 12 and _is_name(p, n, b"parentspanid", 12):
+        return HDR_X_B3_PARENTSPANID
+    if n == 7 and _is_name(p, n, b"sampled", 7):
+        return HDR_X_B3_SAMPLED
+    if n == 5 and _is_name(p, n, b"flags", 5):
+        return HDR_X_B3_FLAGS
     return HDR_OTHER
 
 
@@ -167,6 +190,7 @@ cdef class MessageHead:
         self.expect_continue = False
         self.host_index = -1
         self.request_id_index = -1
+        self.trace_fields = 0
         self.error_status = 0
         self.error_reason = NULL
 
@@ -400,6 +424,10 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
         f = &h.fields[i]
         if f.kind == HDR_OTHER:
             continue
+        if f.kind >= HDR_TRACEPARENT:
+            # End-to-end: kept; the tracer reads (and may replace) them.
+            h.trace_fields |= 1 << (f.kind - HDR_TRACEPARENT)
+            continue
         if f.kind == HDR_CONTENT_LENGTH:
             has_cl = True
             if _parse_content_length(h, b, f, is_request) < 0:
@@ -509,13 +537,12 @@ cdef Py_ssize_t _finish_head(MessageHead h, bint is_request, int request_method)
     if has_te:
         if has_cl:
             return _fail(h, 502, "both Content-Length and Transfer-Encoding")
-        if last_chunked:
-            if codings > 1 or chunked_codings > 1:
-                return _fail(h, 502, "unsupported transfer coding")
-            h.body_kind = BODY_CHUNKED
-        else:
-            h.body_kind = BODY_UNTIL_CLOSE
-            h.keep_alive = False
+        # Only chunked is decoded. A body in another coding (RFC 9112 6.3 would read it
+        # until close) could only be forwarded without the Transfer-Encoding that says
+        # how to read it, since that field is hop-by-hop: refused, as Envoy does.
+        if not last_chunked or codings > 1 or chunked_codings > 1:
+            return _fail(h, 502, "unsupported transfer coding")
+        h.body_kind = BODY_CHUNKED
     elif has_cl:
         h.body_kind = BODY_LENGTH if h.content_length > 0 else BODY_NONE
     else:

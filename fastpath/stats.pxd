@@ -29,10 +29,12 @@ cdef enum StatsMetric:
     M_RETRIES = 4               # a=service, b=RetryReason
     M_CIRCUIT_BREAKER_OPEN = 5  # gauge: a=service, value 0/1
     M_ACCESS_LOG_DROPPED = 6    # a=b=0: lines dropped because the queue was full
-    M_SPANS_DROPPED = 7         # a=b=0: spans dropped because the queue was full
-    M_TCP_BYTES = 8             # a=direction, b=0: bytes from the downstream client through a
+    M_SPANS_DROPPED = 7         # a=b=0: spans dropped (queue full, or unsent at shutdown)
+    M_SPANS_EXPORTED = 8        # a=b=0: spans the collector accepted
+    M_SPANS_FAILED = 9          # a=b=0: spans lost to export errors (or rejected)
+    M_TCP_BYTES = 10            # a=direction, b=0: bytes from the downstream client through a
                                 # byte tunnel, b=1: bytes to it (spliced ones included)
-    M_TCP_TUNNELS = 9           # a=direction, b=TunnelPath (fastpath/tunnel.pyx): tunnels by
+    M_TCP_TUNNELS = 11          # a=direction, b=TunnelPath (fastpath/tunnel.pyx): tunnels by
                                 # how their bytes are forwarded
 
 cdef enum RetryReason:

@@ -11,6 +11,7 @@ cdef class TunnelEnd:
     cdef Py_ssize_t early_bytes
     cdef readonly bint eof      # this end's incoming direction is over
     cdef readonly bint closed
+    cdef readonly bint writing_paused    # this end's transport is over its write high-water mark
     cdef readonly unsigned long long bytes_in    # bytes read by userspace on this end
     cdef readonly int index     # END_DOWNSTREAM or END_UPSTREAM
     cdef public bint kernel     # what this end receives is forwarded by the kernel (spliced)

@@ -60,7 +60,10 @@ cdef class TunnelEnd:
                 self.peer.transport.write(chunk)
             self.early = None
             self.early_bytes = 0
-            if not self.closed and not self.kernel:
+            # Writing the early bytes may have filled the peer's write buffer, and its
+            # pause_writing has then paused our reading: resuming now would undo that
+            # backpressure for good (pause_writing comes only once per crossing).
+            if not self.closed and not self.kernel and not self.peer.writing_paused:
                 self.transport.resume_reading()
         if self.eof and self.peer is not None and self.peer.transport is not None:
             self._pass_eof()
@@ -116,10 +119,12 @@ cdef class TunnelEnd:
             self.tunnel.ended()
 
     def pause_writing(self):
+        self.writing_paused = True
         if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
             self.peer.transport.pause_reading()
 
     def resume_writing(self):
+        self.writing_paused = False
         if (self.peer is not None and self.peer.transport is not None and not self.peer.closed
                 and not self.peer.kernel):
             self.peer.transport.resume_reading()

@@ -47,7 +47,8 @@ def cmd_config(args) -> int:
 def cmd_demo(args) -> int:
     from sidecar.demo import run_demo
     setup_logging("warning")
-    return run_demo(duration=args.duration, connections=args.connections)
+    return run_demo(duration=args.duration, connections=args.connections, mode=args.mode,
+                    accelerate=not args.no_accelerate)
 
 
 def _admin_address(args, kind):
@@ -127,9 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     from sidecar.bpf.status import add_commands as add_bpf_commands
     add_bpf_commands(sub)
 
-    demo = sub.add_parser("demo", help="a sample app behind the sidecar, traffic, a summary")
-    demo.add_argument("--duration", type=float, default=5.0)
-    demo.add_argument("--connections", type=int, default=8)
+    demo = sub.add_parser("demo", help="a throwaway two-pod mesh, traffic through both sidecars, "
+                                       "a live summary, nothing left behind (root)")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (default 10)")
+    demo.add_argument("--connections", type=int, default=8, help="client keep-alive connections (default 8)")
+    demo.add_argument("--mode", choices=("ebpf", "iptables"), default="ebpf",
+                      help="the sidecars' interception (default ebpf; iptables when eBPF cannot be used)")
+    demo.add_argument("--no-accelerate", action="store_true",
+                      help="eBPF without accelerate_local (the app <-> sidecar hops through TCP/IP)")
     demo.set_defaults(func=cmd_demo)
     return p
 

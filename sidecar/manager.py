@@ -71,7 +71,8 @@ class WorkerProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sidecar.worker", "--index", str(self.index),
-                 "--control-fd", str(worker_end.fileno()), "--stats-fd", str(segment.fd)],
+                 "--control-fd", str(worker_end.fileno()), "--stats-fd", str(segment.fd),
+                 "--manager-pid", str(os.getpid())],
                 pass_fds=(worker_end.fileno(), segment.fd))
         finally:
             worker_end.close()
@@ -198,6 +199,7 @@ class Manager:
         from sidecar.interception import for_config
         self.interception = for_config(self.cfg)
         self.interception.register(self)
+        await self.interception.prepare()
         try:
             self._start_servers()
         except OSError as e:
@@ -324,11 +326,18 @@ class Manager:
 
     # -- reload -------------------------------------------------------------------------
 
-    async def reload(self) -> dict:
-        """Reloads the config file; returns {"ok", "generation", "seconds", "error"}."""
+    async def reload(self, only_if_changed=False) -> dict:
+        """Reloads the config file; returns {"ok", "generation", "seconds", "error"}.
+        `only_if_changed` (the file watch): nothing to do, and None, when the file is the
+        one the last reload read (a SIGHUP or POST /reload may have read it meanwhile)."""
         async with self._reload_lock:
             started = time.monotonic()
-            self._file_seen = config_fingerprint(self.config_path)
+            seen = config_fingerprint(self.config_path)
+            if only_if_changed:
+                if seen == self._file_seen:
+                    return None
+                log.info("config file changed: reloading")
+            self._file_seen = seen
             try:
                 cfg = load_config(self.config_path)
             except ConfigError as e:
@@ -387,10 +396,13 @@ class Manager:
         self._terminate(surplus)
         self.workers = keep + extra
         self._commit(cfg, generation)
+        self._catch_up()
         return None
 
     async def _apply_in_place(self, workers, cfg, generation, labels):
-        targets = [w for w in workers if w.alive() and w.ready]
+        # Workers still starting are included: their control channel holds the config
+        # until they read it, so none comes up with the one being replaced.
+        targets = [w for w in workers if w.alive()]
         futures = [w.apply(cfg, generation, labels) for w in targets]
         if not futures:
             return None
@@ -444,6 +456,16 @@ class Manager:
         self._commit(cfg, generation)
         return None
 
+    def _catch_up(self):
+        """Workers (re)started while the config was being applied got the one of the
+        moment they were spawned: they get the committed one now."""
+        labels = None
+        for w in self.workers:
+            if w.alive() and w.generation != self.generation:
+                labels = labels or self.labels.assign(self.cfg)
+                fut = w.apply(self.cfg, self.generation, labels)
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     def _apply_hooks(self, cfg):
         for hook in self.config_hooks:
             try:
@@ -479,8 +501,7 @@ class Manager:
                 await asyncio.sleep(CONFIG_SETTLE)
                 if config_fingerprint(self.config_path) != now:
                     continue
-                log.info("config file changed: reloading")
-                await self.reload()
+                await self.reload(only_if_changed=True)
 
     # -- drain, stop, log level ---------------------------------------------------------
 

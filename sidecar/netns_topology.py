@@ -1,8 +1,8 @@
 """Throwaway pods on one machine: network namespaces, veth pairs between them, child cgroups,
-and iptables REDIRECT interception inside a namespace.
+pods made of the three, and iptables REDIRECT interception inside a namespace.
 
-Used by the integration tests (tests/support/netns.py) and the mesh benchmark
-(benchmarks/mesh/). Kernel hygiene (DESIGN.md): everything happens inside namespaces and
+Used by the integration tests (tests/support/netns.py), the mesh benchmark
+(benchmarks/mesh/) and `sidecar demo` (sidecar/demo/). Kernel hygiene (DESIGN.md): everything happens inside namespaces and
 cgroups made here. Veth pairs are created directly inside their two namespaces (never on the
 host), firewall rules are added inside a namespace only, and closing a `Netns` kills every
 process still in it, deletes its interfaces and the namespace itself; closing a `Cgroup` kills
@@ -32,10 +32,12 @@ __all__ = [
     "Cgroup",
     "CommandError",
     "Netns",
+    "Pod",
     "as_app",
     "check_command",
     "in_cgroup",
     "kill_process_group",
+    "link_pods",
     "redirect_inbound",
     "redirect_outbound",
     "veth_pair",
@@ -383,3 +385,55 @@ def in_cgroup(cmd, cgroup):
     execs `cmd` (same pid), so the program and all its children are in the cgroup from
     their first instruction. Prefix it to a `Netns.command(...)` to enter both."""
     return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup.path] + list(cmd)
+
+
+# -- pods: a namespace and a cgroup with the app's and the sidecar's children -----------------
+
+class Pod:
+    """One pod, the way a node runs it: a network namespace `<netns_prefix><random>`, a cgroup
+    `<cgroup_prefix><random>` with `app/` and `sidecar/` children, and, once linked to another
+    pod (`link_pods`), its veth end `.dev` with address `.ip`. `close()` removes all of it
+    (the namespace with every process, rule and interface in it, then the cgroups), also
+    after a partial `create()`."""
+
+    def __init__(self, netns_prefix, cgroup_prefix, ip=None):
+        self.ip = ip
+        self.ns = Netns(netns_prefix)
+        self.cgroup = Cgroup(cgroup_prefix)
+        self.app_cgroup = self.sidecar_cgroup = None
+        self.dev = None
+
+    def create(self):
+        self.ns.__enter__()
+        self.cgroup.create()
+        self.app_cgroup = self.cgroup.child("app")
+        self.sidecar_cgroup = self.cgroup.child("sidecar")
+        return self
+
+    def app_command(self, cmd, uid):
+        """cmd as the pod's app: in the app cgroup, in the namespace, as `uid`."""
+        return in_cgroup(self.ns.command(as_app(cmd, uid)), self.app_cgroup)
+
+    def server_command(self, cmd):
+        """cmd as an app server that starts as root (nginx drops to its workers' user)."""
+        return in_cgroup(self.ns.command(cmd), self.app_cgroup)
+
+    def sidecar_command(self, cmd):
+        """cmd as the pod's proxy: in the sidecar cgroup and the namespace, as root."""
+        return in_cgroup(self.ns.command(cmd), self.sidecar_cgroup)
+
+    def call(self, fn, *args, **kw):
+        """fn(*args, **kw) inside the pod's namespace (Netns.call)."""
+        return self.ns.call(fn, *args, **kw)
+
+    def close(self):
+        try:
+            self.ns.close()
+        finally:
+            self.cgroup.close()
+
+
+def link_pods(a, b, prefix_len=24):
+    """A veth pair between pods `a` and `b`, addressed with their `.ip`s; sets their `.dev`."""
+    a.dev, b.dev = veth_pair(a.ns, b.ns, "%s/%d" % (a.ip, prefix_len), "%s/%d" % (b.ip, prefix_len))
+    return a.dev, b.dev

@@ -29,17 +29,23 @@ from fastpath.downstream import ListenerContext
 from fastpath.inbound import inbound_protocol_factory
 from fastpath.outbound import OutboundRouter, outbound_protocol_factory
 from fastpath.parser import Limits
+from fastpath.policy import compile_policy
 from fastpath.stats import WorkerStats
+from fastpath.trace_context import Tracer
 from fastpath.upstream import EndpointPool
 from sidecar.config.model import Config
 from sidecar.control import Channel
 from sidecar.logs import setup_logging
+from sidecar.telemetry import response_flags
 
 log = logging.getLogger("sidecar.worker")
 
 SWEEP_INTERVAL = 0.25       # seconds between timeout sweeps (the coarse clock's resolution)
+DRAIN_FLUSH_MARGIN = 1.5    # seconds past drain_timeout a draining worker may spend sending spans
+KEY_FILE_CHECK_INTERVAL = 1.0   # seconds between checks of JWKS / API key files for changes
 PR_SET_PDEATHSIG = 1
-M_ACCESS_LOG_DROPPED = 6    # fastpath/stats.pxd StatsMetric
+# fastpath/stats.pxd StatsMetric
+M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
 
 
 # The other address family's counterpart of a listen address: where interception sends
@@ -99,6 +105,9 @@ class Snapshot:
         self.app_key = app_key
         self.router = OutboundRouter(worker.loop, self.limits, cfg.services,
                                      lim.connect_timeout, lim.upstream_idle_timeout)
+        seed = os.environ.get("SIDECAR_POLICY_SEED")     # fixed random draws, for tests
+        self.policy = compile_policy(cfg, self.router, old.policy if old is not None else None,
+                                     int(seed) + worker.index if seed else None)
         self.request_timeout = max((s.timeouts.request for s in cfg.services), default=15.0)
         routes = labels.get("routes", {})
         services = labels.get("services", {})
@@ -115,6 +124,35 @@ class Snapshot:
             self.access_log = AccessLog(log_cfg.path, log_cfg.format, on_drop=worker.count_dropped_line)
         else:
             self.access_log = None
+        self.span_exporter_key, self.span_exporter = _span_exporter(worker, cfg, old)
+
+
+def _span_exporter(worker, cfg: Config, old):
+    """(key, exporter) of the snapshot: the old one's exporter when the endpoint and the
+    resource are the same, a new one for a new endpoint, None without one."""
+    tracing = cfg.telemetry.tracing
+    key = (tracing.otlp_endpoint, cfg.workload.name, cfg.workload.namespace)
+    if old is not None and old.span_exporter_key == key:
+        return key, old.span_exporter
+    if not tracing.otlp_endpoint:
+        return key, None
+    from sidecar.telemetry.span_exporter import SpanExporter
+    return key, SpanExporter(tracing.otlp_endpoint, resource_attributes(cfg, worker.index),
+                             on_dropped=worker.count_spans_dropped,
+                             on_exported=worker.count_spans_exported,
+                             on_failed=worker.count_spans_failed)
+
+
+def resource_attributes(cfg: Config, worker_index: int) -> list:
+    """The OTLP resource of this worker's spans: the workload, as a service."""
+    return [
+        ("service.name", cfg.workload.name),
+        ("service.namespace", cfg.workload.namespace),
+        ("service.instance.id", "%s/%d" % (socket.gethostname(), worker_index)),
+        ("host.name", socket.gethostname()),
+        ("telemetry.sdk.name", "bpf-sidecar"),
+        ("telemetry.sdk.language", "python"),
+    ]
 
 
 class Worker:
@@ -128,8 +166,11 @@ class Worker:
         self.snapshot = None
         self.generation = 0
         self.retired_pools = []       # pools of replaced snapshots, closed once idle
+        self.next_file_check = 0.0
         self.inbound = ListenerContext(self.loop, "inbound", Limits(8192, 65536, 100))
         self.outbound = ListenerContext(self.loop, "outbound", Limits(8192, 65536, 100))
+        self.tracer = Tracer()
+        self.tracer.flags_text = response_flags
         self.servers = []
         self.listen = None
         self.splicer = None           # fastpath.splice.Splicer when tunnels are spliced
@@ -157,19 +198,25 @@ class Worker:
         lim = cfg.limits
         self.inbound.configure(snapshot.limits, app_pool=snapshot.app_pool,
                                header_read_timeout=lim.header_read_timeout,
-                               idle_timeout=lim.idle_timeout)
+                               idle_timeout=lim.idle_timeout,
+                               routes=snapshot.policy.inbound)
         self.outbound.configure(snapshot.limits, router=snapshot.router,
                                 header_read_timeout=lim.header_read_timeout,
                                 idle_timeout=lim.idle_timeout,
-                                request_timeout=snapshot.request_timeout)
+                                request_timeout=snapshot.request_timeout,
+                                routes=snapshot.policy.outbound)
         applied_at = time.monotonic()
         if self.stats is not None:
             self.stats.set_labels(snapshot.route_ids[0], snapshot.route_ids[1],
                                   snapshot.service_ids, applied_at, generation)
         if snapshot.access_log is not None:
             snapshot.access_log.formatter.set_names(*snapshot.names, applied_at)
-        self.inbound.attach_telemetry(self.stats, snapshot.access_log)
-        self.outbound.attach_telemetry(self.stats, snapshot.access_log)
+        tracing = cfg.telemetry.tracing
+        self.tracer.configure(tracing.propagate, tracing.sample)
+        self.tracer.set_names(*snapshot.names, applied_at)
+        self.tracer.exporter = snapshot.span_exporter
+        self.inbound.attach_telemetry(self.stats, snapshot.access_log, self.tracer)
+        self.outbound.attach_telemetry(self.stats, snapshot.access_log, self.tracer)
         logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
         self.generation = generation
         if old is not None:
@@ -178,11 +225,27 @@ class Worker:
             self.retired_pools.extend(old.router.pools.values())
             if old.access_log is not None and old.access_log is not snapshot.access_log:
                 old.access_log.close()
+            if old.span_exporter is not None and old.span_exporter is not snapshot.span_exporter:
+                old.span_exporter.close(wait=False)     # sends what it has, on its own thread
         return time.monotonic() - started
 
     def count_dropped_line(self):
         if self.stats is not None:
             self.stats.add(M_ACCESS_LOG_DROPPED, 0, 0, 1)
+
+    # Called by the span exporter (its thread, or the loop for drops), holding the GIL like
+    # every writer of the segment.
+    def count_spans_dropped(self, n):
+        if self.stats is not None:
+            self.stats.add(M_SPANS_DROPPED, 0, 0, n)
+
+    def count_spans_exported(self, n):
+        if self.stats is not None:
+            self.stats.add(M_SPANS_EXPORTED, 0, 0, n)
+
+    def count_spans_failed(self, n):
+        if self.stats is not None:
+            self.stats.add(M_SPANS_FAILED, 0, 0, n)
 
     def _inbound_factory(self):
         cfg = self.snapshot.cfg
@@ -233,6 +296,9 @@ class Worker:
         self.inbound.sweep_timeouts()
         self.outbound.sweep_timeouts()
         now = self.loop.time()
+        if now >= self.next_file_check:
+            self.next_file_check = now + KEY_FILE_CHECK_INTERVAL
+            self.snapshot.policy.check_files()
         self.snapshot.app_pool.close_idle(now)
         self.snapshot.router.close_idle(now)
         if self.retired_pools:
@@ -248,7 +314,8 @@ class Worker:
             server.close()
         self.inbound.drain()
         self.outbound.drain()
-        deadline = self.loop.time() + self.cfg.drain_timeout
+        started = self.loop.time()
+        deadline = started + self.cfg.drain_timeout
         while self.loop.time() < deadline:
             if not self.inbound.active_connections and not self.outbound.active_connections:
                 break
@@ -260,6 +327,11 @@ class Worker:
             log.warning("worker %d: drain timeout, closing %d connections", self.index, left)
         if self.snapshot.access_log is not None:
             self.snapshot.access_log.close()
+        if self.snapshot.span_exporter is not None:
+            # The manager kills a worker drain_timeout + 2 s after SIGTERM: flush before then.
+            budget = started + self.cfg.drain_timeout + DRAIN_FLUSH_MARGIN - self.loop.time()
+            await self.loop.run_in_executor(
+                None, self.snapshot.span_exporter.close, min(5.0, max(0.2, budget)))
         self.stopping.set()
 
 
@@ -326,13 +398,17 @@ def main():
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--stats-fd", type=int)
+    parser.add_argument("--manager-pid", type=int, help="the manager that started this worker")
     args = parser.parse_args()
     # Die with the manager, even after a kill -9 of it.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-    if os.getppid() == 1:
+    # The manager died before PDEATHSIG was set: this process was reparented. Compared with
+    # the manager's pid rather than with 1, since in a container the manager is pid 1.
+    reparented = os.getppid() != args.manager_pid if args.manager_pid else os.getppid() == 1
+    if reparented:
         sys.exit(0)
     control = socket.socket(fileno=args.control_fd)
     first = read_first_message(control)

@@ -43,3 +43,17 @@ def require_privileges(*, root=True, netns=False, tools=()):
 @pytest.fixture
 def privileged_netns():
     require_privileges(root=True, netns=True, tools=("ip", "nsenter"))
+
+
+@pytest.fixture
+def unloadable_bpf_dir(tmp_path):
+    """A copy of bpf/ whose inbound program reads the packet without a bounds check: the
+    kernel's verifier refuses it (a real refusal, for SIDECAR_BPF_DIR)."""
+    target = tmp_path / "bpf"
+    shutil.copytree(os.path.join(ROOT, "bpf"), target)
+    source = target / "inbound_steer.c"
+    text = source.read_text()
+    check = "    if ((void *)(eth + 1) > data_end)\n        return SC_TCX_NEXT;\n    if (eth->h_proto"
+    assert check in text
+    source.write_text(text.replace(check, "    if (eth->h_proto"))
+    return str(target)

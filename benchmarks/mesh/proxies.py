@@ -12,7 +12,9 @@
   HAProxy `mode tcp`) on 15002/15007 with their own REDIRECT rules (topology.Mesh.intercept).
 - bpf-sidecar: `sidecar run -c FILE` in both pods, 1 worker, the same config on both sides
   (inbound to the app, outbound to the original destination), access log off as for the
-  peers; a scenario may overlay keys (interception mode, routes, TLS).
+  peers, its own interception (`interception.mode: iptables` on the pod's app cgroup and
+  interface unless the scenario says `ebpf`); a scenario may overlay keys (interception
+  mode, acceleration, routes, TLS).
 
 Each proxy gets ready-probed from inside its pod; the server side starts first, so a client
 proxy's probe goes end to end.
@@ -27,7 +29,7 @@ from .topology import (
     APP_PORT, INBOUND_PORT, OUTBOUND_PORT, SERVER_IP, TCP_INBOUND_PORT, TCP_OUTBOUND_PORT, TCP_PORT,
     http_status, tcp_accepts)
 
-__all__ = ["PAYLOADS", "sidecar_config", "start_app", "start_proxies", "write_sidecar_configs"]
+__all__ = ["PAYLOADS", "interception_mode", "sidecar_config", "start_app", "start_proxies", "write_sidecar_configs"]
 
 # Response body per payload name, served by the app at /<name>.
 PAYLOADS = {"0": 0, "1k": 1024, "64k": 65536}
@@ -217,9 +219,12 @@ def sidecar_config(pod, overlay=None):
         "workload": {"name": f"bench-{pod.role}", "namespace": "bench"},
         "workers": 1,
         "drain_timeout": "1s",
-        # The harness installs the iptables rules (topology.Mesh.intercept); the sidecar
-        # reads each connection's original destination with SO_ORIGINAL_DST.
-        "interception": {"mode": "iptables"},
+        # The sidecar installs its own interception in its pod (the harness adds no rules
+        # for it): iptables REDIRECT by default, eBPF where a row's overlay says so; the
+        # app is what runs in the pod's app cgroup, inbound is what arrives on the pod's
+        # interface. The sidecar itself runs in the pod's sidecar cgroup.
+        "interception": {"mode": "iptables", "cgroup": pod.app_cgroup.path, "interface": pod.dev,
+                         "instance": pod.sidecar_instance},
         "inbound": {"listen": f"0.0.0.0:{INBOUND_PORT}", "app": f"127.0.0.1:{APP_PORT}",
                     "tcp_passthrough_ports": [TCP_PORT]},
         "outbound": {"listen": f"127.0.0.1:{OUTBOUND_PORT}"},
@@ -240,6 +245,12 @@ def write_sidecar_configs(mesh, overlay_for):
         d = mesh.workdir / f"sidecar-{pod.role}"
         paths[pod.role] = _write(d / "sidecar.yaml", yaml.safe_dump(sidecar_config(pod, overlay_for(pod))))
     return paths
+
+
+def interception_mode(config_path):
+    """"ebpf", "ebpf + accelerate_local" or "iptables": the interception a written config asks for."""
+    interception = yaml.safe_load(config_path.read_text())["interception"]
+    return interception["mode"] + (" + accelerate_local" if interception.get("accelerate_local") else "")
 
 
 def _sidecar_pair(mesh, config_paths, command):

@@ -13,9 +13,13 @@ Method: each row runs in its own pair of pods: network namespaces with child cgr
 joined by a veth pair. The server pod runs the app, nginx (1 worker, keep-alive, `/0` an
 empty 200, `/1k` and `/64k` files), and a TCP sink; the client pod runs the load
 generator as the app (its own uid and cgroup) calling the server pod's address. Each
-proxy runs one worker in each pod. Interception is iptables REDIRECT, installed by the
-harness with the same rules for every proxy: the app's outbound TCP to 15001 in the client
-pod, TCP arriving on the pod interface to 15006 in the server pod. nginx and HAProxy
+proxy runs one worker in each pod, in the pod's sidecar cgroup. The bpf-sidecar installs
+its own interception (`interception.mode`, on the pod's app cgroup and interface):
+iptables REDIRECT chains in the pod's namespace, or eBPF programs (cgroup connect,
+sockops and getsockopt, TC steering on the pod interface); the harness adds no rules for
+it. nginx and HAProxy have no interception of their own, so the harness installs iptables
+REDIRECT rules for them: the app's outbound TCP to 15001 in the client pod, TCP arriving
+on the pod interface to 15006 in the server pod. They
 cannot read a redirected connection's original destination, so they are configured as
 what an nginx or HAProxy sidecar is in practice: fixed reverse proxies to the known
 server address (client pod) and to the local app (server pod), with keep-alive pools, and

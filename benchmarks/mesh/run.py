@@ -72,7 +72,12 @@ def parse_args(argv):
 
 
 def say(message):
-    print(message, flush=True)
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): go on without output, so that the run still
+        # ends by removing its pods instead of dying on the next line it prints.
+        sys.stdout = open(os.devnull, "w")
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Row:
     status: str = "ok"                            # ok | n.a. | error
     reason: str = None
     evidence: dict = field(default_factory=dict)
+    interception: str = None                      # who steers the app's traffic, and how
 
     @property
     def name(self):
@@ -123,8 +129,11 @@ def build_row(row, workdir, context):
                 refused = sidecar_check(path, context.sidecar_cmd)
                 if refused:
                     raise Unavailable(f"`sidecar check` refuses the {role} pod's config: {refused}")
-        if scenario.iptables:
-            row.mesh.intercept(tcp_by_listener=scenario.proxy in ("nginx", "haproxy"))
+            row.interception = f"the sidecar's own, {proxies.interception_mode(paths['client'])}"
+        elif scenario.harness_iptables:
+            row.interception = "iptables REDIRECT installed by the harness"
+        if scenario.harness_iptables:
+            row.mesh.intercept(tcp_by_listener=True)
         if scenario.proxy:
             server, client = proxies.start_proxies(row.mesh, scenario.proxy, paths, context.sidecar_cmd)
             row.proxies = {"client": client, "server": server}
@@ -307,7 +316,7 @@ def main(argv=None):
                           "steal_pct and machine_busy_pct per round show how busy it was"},
         "temp_dir": str(workdir),
         "scenarios": {
-            r.name: {"title": r.scenario.title, "proxy": r.scenario.proxy, "iptables": r.scenario.iptables,
+            r.name: {"title": r.scenario.title, "proxy": r.scenario.proxy, "interception": r.interception,
                      "status": r.status, "reason": r.reason, "waits_for": r.scenario.waits_for or None,
                      "evidence": r.evidence, "processes": _identities(r),
                      "resources": r.mesh.resources() if r.mesh else {}}

@@ -2,8 +2,11 @@
 that the row is what its title says before measuring it.
 
 A row is a small `Scenario`: the proxy in both pods (none, the bpf-sidecar, nginx or
-HAProxy), whether the harness installs the iptables REDIRECT rules, a config overlay for
-the bpf-sidecar (merged into both pods' configs by proxies.sidecar_config) and a proof.
+HAProxy), whether the harness installs iptables REDIRECT rules (only for nginx and
+HAProxy, which have no interception of their own: the bpf-sidecar installs its own, in
+the mode its config names, and the harness never adds rules of its own next to them), a
+config overlay for the bpf-sidecar (merged into both pods' configs by
+proxies.sidecar_config) and a proof.
 Rows whose feature is still being built are `optional`: where `sidecar check` refuses
 their config, the sidecar does not start with it, or the proof fails (the feature is
 accepted by the config but does nothing yet), the row is reported "not available" with
@@ -12,6 +15,8 @@ without a change here.
 
 Proofs send a short probe from the client pod's app (loadgen, as the app's uid and in
 its cgroup) and check evidence of the row's claim: the REDIRECT rules' packet counters,
+the sidecars' own interception (mode and state in /stats, the nat table holding only
+their chains or, in eBPF mode, no rule at all, sidecar_kernel_redirects_total rising),
 both sidecars' request counts (admin /stats), a 401 without a token, TLS bytes on the
 pod link, accelerated sockets. Their evidence is kept with the results.
 """
@@ -20,6 +25,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from .. import peers
 from . import credentials, loadgen
@@ -40,13 +47,19 @@ class Scenario:
     name: str
     title: str
     proxy: str = None              # None (direct) | "sidecar" | "nginx" | "haproxy"
-    iptables: bool = True          # the harness installs REDIRECT rules in both pods
+    harness_iptables: bool = False # the harness installs REDIRECT rules in both pods
+                                   # (nginx, HAProxy); never for the bpf-sidecar
     overlay: object = None         # (pod, context) -> dict merged into the sidecar config
     proof: object = None           # (row, context) -> evidence dict; raises Unavailable
     optional: bool = False         # waits for a feature: "not available" instead of an error
     waits_for: str = ""            # the feature, said with "not available"
     loads: tuple = field(default=None)   # load kinds it runs (None: all)
     note: str = ""
+
+    def __post_init__(self):
+        if self.proxy == "sidecar" and self.harness_iptables:
+            raise ValueError(f"{self.name}: the bpf-sidecar installs its own interception; "
+                             "harness rules would redirect its connections twice")
 
     def runs(self, load):
         return self.loads is None or load.kind in self.loads
@@ -76,22 +89,71 @@ def _all_ok(report, what="the probe"):
                           + (f", errors {errors}" if errors else ""))
 
 
-def sidecar_requests(pod):
-    """Requests the pod's bpf-sidecar has counted (admin /stats totals)."""
+def _admin_stats(pod):
     status, body = pod.call(http_get, "127.0.0.1", 15000, "/stats")
     if status != 200:
         raise Unavailable(f"{pod.role} sidecar /stats answered {status}")
-    return json.loads(body)["totals"]["requests"]
+    return json.loads(body)
 
 
-def sidecar_metric(pod, name):
-    """Sum of a metric family's samples from the pod's bpf-sidecar /metrics (None if absent)."""
+def sidecar_requests(pod):
+    """Requests the pod's bpf-sidecar has counted (admin /stats totals)."""
+    return _admin_stats(pod)["totals"]["requests"]
+
+
+def sidecar_metric(pod, name, **labels):
+    """Sum of the samples called `name` (with those label values) on the pod's bpf-sidecar
+    /metrics; None when it exports none."""
     status, body = pod.call(http_get, "127.0.0.1", 15090, "/metrics")
+    if status != 200:
+        raise Unavailable(f"{pod.role} sidecar /metrics answered {status}")
     total = None
-    for line in body.decode(errors="replace").splitlines():
-        if line.startswith(name) and (line[len(name)] in " {"):
-            total = (total or 0) + float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(body.decode(errors="replace")):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total = (total or 0) + sample.value
     return total
+
+
+def kernel_redirects(pod, direction):
+    """Connections the pod's sidecar says its interception redirected in `direction`."""
+    return int(sidecar_metric(pod, "sidecar_kernel_redirects_total", direction=direction) or 0)
+
+
+def sidecar_interception(pod, mode):
+    """The pod's sidecar's own interception (/stats); Unavailable unless it is `mode`, active."""
+    info = _admin_stats(pod).get("interception") or {}
+    if info.get("mode") != mode or info.get("state") != "active":
+        why = f": {info['reason']}" if info.get("reason") else ""
+        raise Unavailable(f"the {pod.role} sidecar's interception is {info.get('mode')} "
+                          f"({info.get('state')}){why}, not {mode} (active)")
+    return info
+
+
+def nat_rules(pod):
+    """Every rule of the pod's nat tables: [(tool, "-A CHAIN ...")], IPv4 and IPv6."""
+    rules = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = pod.ns.run([tool, "-t", "nat"], check=False).stdout
+        rules += [(tool, line) for line in out.splitlines() if line.startswith("-A ")]
+    return rules
+
+
+def _only_the_sidecars_rules(pod, chains):
+    """The pod's nat table holds the sidecar instance's chains and one jump to each per
+    table, nothing else: no harness rule redirects the same connections a second time."""
+    rules = nat_rules(pod)
+    foreign = [line for _, line in rules if not set(chains) & set(line.split())]
+    if foreign:
+        raise Unavailable(f"the {pod.role} pod's nat table holds rules that are not its sidecar's: {foreign[:3]}")
+    jumps = {}
+    for tool, line in rules:
+        chain = line.split()[1]
+        if chain not in chains:
+            jumps[(tool, chain)] = jumps.get((tool, chain), 0) + 1
+    if not jumps or any(n != 1 for n in jumps.values()):
+        raise Unavailable(f"the {pod.role} pod's nat table jumps to the sidecar's chains {jumps} times, not once each")
+    return len(rules)
 
 
 def proof_direct(row, context):
@@ -127,33 +189,62 @@ def _counted_by_both(row, context, **probe_kw):
     return {"probe_2xx": report["statuses"]["2xx"], "sidecar_requests": counted}
 
 
-def proof_sidecar_iptables(row, context):
-    evidence = proof_redirected(row, context)
+def _intercepted_by_the_sidecars(row, context, mode):
+    """Both sidecars run their own `mode` interception, nothing else redirects in the pods,
+    the probe's connection was redirected by the client sidecar's interception, connections
+    into the server pod by the server sidecar's, and both sidecars counted every request."""
+    client, server = row.mesh.client, row.mesh.server
+    evidence = {"interception": {}}
+    for pod in (client, server):
+        info = sidecar_interception(pod, mode)
+        if mode == "iptables":
+            n = _only_the_sidecars_rules(pod, info["chains"])
+            evidence["interception"][pod.role] = f"iptables, chains {'/'.join(info['chains'])} ({n} nat rules)"
+        else:
+            left = nat_rules(pod)
+            if left:
+                raise Unavailable(f"eBPF row, but the {pod.role} pod's nat table has rules: {left[:3]}")
+            evidence["interception"][pod.role] = f"ebpf, {len(info.get('links', []))} programs attached, no nat rules"
+    outbound_before = kernel_redirects(client, "outbound")
     evidence.update(_counted_by_both(row, context))
+    redirected = {"client_outbound": kernel_redirects(client, "outbound") - outbound_before,
+                  "server_inbound": kernel_redirects(server, "inbound")}
+    if redirected["client_outbound"] < 1:
+        raise Unavailable(f"the client sidecar's {mode} interception did not count the probe's connection")
+    if redirected["server_inbound"] < 1:
+        raise Unavailable(f"the server sidecar's {mode} interception has redirected no connection")
+    evidence["kernel_redirects"] = redirected
     return evidence
 
 
+def proof_sidecar_iptables(row, context):
+    return _intercepted_by_the_sidecars(row, context, "iptables")
+
+
 def proof_ebpf(row, context):
-    """No iptables rule exists in this row: both sidecars counting the probe is the proof."""
-    return _counted_by_both(row, context)
+    return _intercepted_by_the_sidecars(row, context, "ebpf")
 
 
 def proof_ebpf_accelerated(row, context):
+    """eBPF interception, and both pods' sidecars report accelerated sockets while the
+    probe's connections are open (the app <-> sidecar hop exists in each pod)."""
     evidence = proof_ebpf(row, context)
-    seen = []
+    seen = {}
 
     def sample():
         time.sleep(0.3)
-        seen.append(sidecar_metric(row.mesh.client, "sidecar_kernel_accelerated_sockets"))
+        for pod in (row.mesh.client, row.mesh.server):
+            seen[pod.role] = sidecar_metric(pod, "sidecar_kernel_accelerated_sockets")
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     probe(row, context, linger_s=0.8)   # connections stay open while the gauge is read
     sampler.join()
-    if not seen or not seen[0]:
-        raise Unavailable(f"sidecar_kernel_accelerated_sockets is {seen[0] if seen else None} "
-                          "with app connections open: local hops are not accelerated")
-    evidence["accelerated_sockets"] = seen[0]
+    for role in ("client", "server"):
+        if not seen.get(role):
+            raise Unavailable(f"the {role} sidecar's sidecar_kernel_accelerated_sockets is {seen.get(role)} "
+                              "with app connections open: local hops are not accelerated")
+    evidence["accelerated_sockets"] = seen
     return evidence
 
 
@@ -182,9 +273,10 @@ def proof_mtls(row, context):
 # -- config overlays ------------------------------------------------------------------------
 
 def ebpf_overlay(accelerate):
+    """eBPF interception (proxies.sidecar_config already names the pod's app cgroup and
+    interface, and runs the sidecar in its own cgroup)."""
     def overlay(pod, context):
-        return {"interception": {"mode": "ebpf", "cgroup": pod.app_cgroup.path, "interface": pod.dev,
-                                 "accelerate_local": accelerate}}
+        return {"interception": {"mode": "ebpf", "accelerate_local": accelerate}}
     return overlay
 
 
@@ -215,12 +307,11 @@ def mtls_overlay(pod, context):
 
 
 SCENARIOS = (
-    Scenario("direct", "no sidecar (direct pod to pod)", proxy=None, iptables=False, proof=proof_direct),
+    Scenario("direct", "no sidecar (direct pod to pod)", proxy=None, proof=proof_direct),
     Scenario("bpf-sidecar", "bpf-sidecar, iptables interception", proxy="sidecar", proof=proof_sidecar_iptables),
-    Scenario("bpf-sidecar-ebpf", "bpf-sidecar, eBPF interception", proxy="sidecar", iptables=False,
-             overlay=ebpf_overlay(False), proof=proof_ebpf, optional=True,
-             waits_for="interception.mode: ebpf"),
-    Scenario("bpf-sidecar-ebpf-accel", "bpf-sidecar, eBPF + accelerate_local", proxy="sidecar", iptables=False,
+    Scenario("bpf-sidecar-ebpf", "bpf-sidecar, eBPF interception", proxy="sidecar",
+             overlay=ebpf_overlay(False), proof=proof_ebpf),
+    Scenario("bpf-sidecar-ebpf-accel", "bpf-sidecar, eBPF + accelerate_local", proxy="sidecar",
              overlay=ebpf_overlay(True), proof=proof_ebpf_accelerated, optional=True,
              waits_for="interception.mode: ebpf with accelerate_local"),
     Scenario("bpf-sidecar-policy", "bpf-sidecar, iptables, route with JWT + authz + rate limit",
@@ -229,9 +320,9 @@ SCENARIOS = (
     Scenario("bpf-sidecar-mtls", "bpf-sidecar, iptables, mTLS between the pods", proxy="sidecar",
              overlay=mtls_overlay, proof=proof_mtls, optional=True, waits_for="mTLS (services[].tls, tls)"),
     Scenario("nginx", "nginx as sidecars (fixed reverse proxies), iptables", proxy="nginx",
-             proof=proof_redirected),
+             harness_iptables=True, proof=proof_redirected),
     Scenario("haproxy", "HAProxy as sidecars (fixed reverse proxies), iptables", proxy="haproxy",
-             proof=proof_redirected),
+             harness_iptables=True, proof=proof_redirected),
 )
 
 

@@ -13,9 +13,11 @@ used in every pair (namespaces keep them apart), so every row's configs are iden
 but for what the row is about.
 
 The app's processes run as APP_UID inside the app cgroup; the proxies run as root in the
-sidecar cgroup. iptables interception (installed here for every proxy, the same rules for
-each row: see `Mesh.intercept`) captures the app's outbound TCP by uid and all inbound TCP
-on the pod interface, as Istio's init container does.
+sidecar cgroup. The bpf-sidecar installs its own interception (iptables or eBPF, on the
+app cgroup and the pod interface). For nginx and HAProxy, which have none, the harness
+installs iptables rules here (`Mesh.intercept`, the same for both) that capture the app's
+outbound TCP by uid and all inbound TCP on the pod interface, as Istio's init container
+does.
 
 Everything is removed by `Mesh.close()`: processes, rules (with the namespaces), veth,
 namespaces and cgroups; `close()` is safe after a partial build.
@@ -25,9 +27,8 @@ import secrets
 import socket
 from pathlib import Path
 
-from sidecar.netns_topology import (
-    Cgroup, CommandError, Netns, as_app, in_cgroup, redirect_inbound, redirect_outbound,
-    veth_pair)
+from sidecar import netns_topology
+from sidecar.netns_topology import CommandError, link_pods, redirect_inbound, redirect_outbound
 
 from .. import peers
 
@@ -78,44 +79,20 @@ def tcp_accepts(host, port, timeout=1.0):
     return 200
 
 
-class Pod:
-    """One pod: a namespace, a cgroup with `app` and `sidecar` children, its veth end."""
+class Pod(netns_topology.Pod):
+    """One pod of a row (sidecar.netns_topology.Pod): the client's or the server's, with
+    its app running as APP_UID."""
 
     def __init__(self, role, tag):
+        super().__init__(f"bm-{tag}-{role[0]}-", f"bench-mesh-{tag}-{role}-",
+                         ip=CLIENT_IP if role == "client" else SERVER_IP)
         self.role = role
-        self.ip = CLIENT_IP if role == "client" else SERVER_IP
-        self.ns = Netns(prefix=f"bm-{tag}-{role[0]}-")
-        self.cgroup = Cgroup(prefix=f"bench-mesh-{tag}-{role}-")
-        self.app_cgroup = self.sidecar_cgroup = None
-        self.dev = None
+        # interception.instance of the pod's bpf-sidecar: names its BPF state and chains.
+        self.sidecar_instance = f"bench-mesh-{tag}-{role}"
 
-    def create(self):
-        self.ns.__enter__()
-        self.cgroup.create()
-        self.app_cgroup = self.cgroup.child("app")
-        self.sidecar_cgroup = self.cgroup.child("sidecar")
-        return self
-
-    def app_command(self, cmd):
+    def app_command(self, cmd, uid=None):
         """cmd as the pod's app: in the app cgroup, in the namespace, as APP_UID."""
-        return in_cgroup(self.ns.command(as_app(cmd, APP_UID)), self.app_cgroup)
-
-    def server_command(self, cmd):
-        """cmd as the pod's app server (nginx must start as root to drop to its workers)."""
-        return in_cgroup(self.ns.command(cmd), self.app_cgroup)
-
-    def sidecar_command(self, cmd):
-        """cmd as the pod's proxy: in the sidecar cgroup and the namespace, as root."""
-        return in_cgroup(self.ns.command(cmd), self.sidecar_cgroup)
-
-    def call(self, fn, *args, **kw):
-        return self.ns.call(fn, *args, **kw)
-
-    def close(self):
-        try:
-            self.ns.close()
-        finally:
-            self.cgroup.close()
+        return super().app_command(cmd, APP_UID if uid is None else uid)
 
 
 class Mesh:
@@ -137,8 +114,7 @@ class Mesh:
         """Namespaces, cgroups and the veth pair."""
         self.client.create()
         self.server.create()
-        self.client.dev, self.server.dev = veth_pair(
-            self.client.ns, self.server.ns, f"{CLIENT_IP}/{PREFIX_LEN}", f"{SERVER_IP}/{PREFIX_LEN}")
+        link_pods(self.client, self.server, PREFIX_LEN)
         return self
 
     def start(self, peer):
@@ -155,11 +131,12 @@ class Mesh:
         return peers.PeerProcess(name, cmd, self.workdir / name, port, **kw)
 
     def intercept(self, tcp_by_listener=False):
-        """The iptables REDIRECT rules of a pod with a sidecar, in both pods (the same rules
-        for every row): the app's outbound TCP (by uid) to OUTBOUND_PORT, TCP arriving on the
-        pod interface to INBOUND_PORT. With tcp_by_listener (nginx, HAProxy), TCP_PORT goes
-        to its own listeners instead, ahead of the catch-all rules, because those proxies
-        cannot tell which port a redirected connection was for."""
+        """The iptables REDIRECT rules for a proxy without interception of its own (nginx,
+        HAProxy), in both pods: the app's outbound TCP (by uid) to OUTBOUND_PORT, TCP arriving
+        on the pod interface to INBOUND_PORT. With tcp_by_listener, TCP_PORT goes to its own
+        listeners instead, ahead of the catch-all rules, because those proxies cannot tell
+        which port a redirected connection was for. Never for the bpf-sidecar: it installs
+        its own, and two sets would redirect the same connections twice."""
         for pod in (self.client, self.server):
             redirect_outbound(pod.ns, OUTBOUND_PORT, APP_UID, chain=OUTBOUND_CHAIN)
             redirect_inbound(pod.ns, pod.dev, INBOUND_PORT, chain=INBOUND_CHAIN)
@@ -203,6 +180,7 @@ class Mesh:
         return {
             "netns": [self.client.ns.name, self.server.ns.name],
             "cgroups": [self.client.cgroup.path, self.server.cgroup.path],
+            "sidecar_instances": [self.client.sidecar_instance, self.server.sidecar_instance],
         }
 
 

@@ -37,6 +37,18 @@ BPF_TABLE_PINNED("hash", __u16, __u8, sc_excl_in, SC_PORT_SET_MAX, SC_PIN(sc_exc
 /* enum sc_counter -> per-CPU count */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, sc_counters, SC_CNT_MAX, SC_PIN(sc_counters));
 
+/* The sidecar's own cgroup, whose connects redirect_connect.c never rewrites: needed where
+ * the intercepted cgroup holds the sidecar's (interception.cgroup: pod). Written by the
+ * instance's owner when it loads or adopts the instance (sidecar/bpf/pod_cgroup.py); id 0:
+ * nothing excluded. Mirrored in sidecar/bpf/layout.py (OWN_CGROUP). */
+struct sc_own_cgroup {
+    __u64 id;         /* cgroup v2 id (the cgroup directory's inode number) */
+    __u32 level;      /* its depth below the root cgroup (root: 0) */
+    __u32 pad;
+};
+/* 0 -> struct sc_own_cgroup */
+BPF_TABLE_PINNED("array", __u32, struct sc_own_cgroup, sc_sidecar_cg, 1, SC_PIN(sc_sidecar_cg));
+
 /* No map helpers here: bcc rewrites `map.lookup()` into the real helper call only in the
  * main source file (not in included headers, and it refuses macros), so each program file
  * defines the two-line helpers it uses (sc_count, sc_port_excluded_*) next to its code. */

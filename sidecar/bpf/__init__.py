@@ -10,7 +10,11 @@
     syscall      a thin bpf(2) wrapper: pinned objects, maps, links, without bcc
     state        what an instance has pinned and attached, and its owner record
     cleanup      detach and unpin an instance, or every stale one
-    status       `sidecar bpf status` and `sidecar bpf cleanup`
+    status       `sidecar bpf status`, `sidecar bpf cleanup` and `sidecar bpf load`
+    pod_cgroup   `interception.cgroup: pod`: the pod's cgroup, and the sidecar's own cgroup
+                 the connect programs leave alone
+    handover     the loader as an init container: the plan's fingerprint, and the
+                 manager adopting what `sidecar bpf load` handed over
 
 The manager's side of ebpf mode (running the loader, reload, status surfaces) is
 sidecar.interception.ebpf.

@@ -62,6 +62,12 @@ def port_key(port: int) -> bytes:
     return struct.pack("=H", port)
 
 
+# struct sc_own_cgroup (bpf/lib/sidecar_maps.h): id (u64), level (u32), pad (u32)
+OWN_CGROUP = struct.Struct("=QII")
+MAPS["sc_sidecar_cg"] = MapSpec("sc_sidecar_cg", "the sidecar's cgroup: its connects are never redirected",
+                                4, OWN_CGROUP.size, 1)
+
+
 # -- enum sc_counter (bpf/lib/sidecar_counters.h): index -> name ------------------------------
 
 COUNTERS = (

@@ -7,7 +7,11 @@
 
 The only module that imports bcc (with LLVM, ~130 MB): the manager runs it as a child
 (sidecar.interception.ebpf) and it exits, so the pod pays that memory for a second, not
-for its lifetime. Steps, each timed:
+for its lifetime. With `-c FILE` (what `sidecar bpf load -c FILE` runs, in an init
+container) and no --owner-pid, nobody waits for it: the instance is handed over
+(sidecar.bpf.handover) for the sidecar that starts next to adopt, and where BPF is
+unavailable and `interception.fail` is open it says why and exits 0, so the pod still
+starts (its sidecar then runs without interception). Steps, each timed:
 
     1. preflight (sidecar.bpf.preflight): privileges, bpffs, the attach points (never the
        root cgroup, never a host interface), kernel headers, bcc
@@ -16,8 +20,10 @@ for its lifetime. Steps, each timed:
     3. compile each wanted family (sidecar.bpf.programs.FAMILIES) with bcc (`src_file=`,
        flags from `cflags_for`); its maps are pinned by BPF_TABLE_PINNED
     4. load each program, with its expected attach type where the kernel needs one
-    5. write the config maps (exclusions), attach each program with a bpf link and pin it
-    6. print one JSON line on stdout (timings, peak RSS), exit 0
+    5. write the config maps (exclusions) and the sidecar's cgroup (sc_sidecar_cg: this
+       process's, which is the manager's), attach each program with a bpf link and pin it
+    6. handing over: mark the owner record handed over, with the plan's fingerprint
+    7. print one JSON line on stdout (timings, peak RSS), exit 0
 
 On any failure after step 2 everything of the instance is removed again, a one-line
 reason goes to stderr (and in the JSON line), and the exit code says what the manager
@@ -40,11 +46,14 @@ import time
 from sidecar.bpf import BPFFS_ROOT, EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, syscall
 from sidecar.bpf import config_maps
 from sidecar.bpf.cleanup import remove_instance
+from sidecar.bpf.handover import fingerprint, handed_over_record
 from sidecar.bpf.layout import ATTACH_TYPE_NAMES
-from sidecar.bpf.preflight import Refusal, run_all
+from sidecar.bpf.pod_cgroup import write_sidecar_cgroup
+from sidecar.bpf.preflight import Refusal, cgroup2_mount, run_all
 from sidecar.bpf.programs import BPF_DIR, TARGETS, Plan, cflags_for, plan_from_config, wanted_families
 from sidecar.bpf.state import (
-    instance_dir, links_dir, maps_dir, owner_liveness, owner_record, read_owner, write_owner)
+    instance_dir, links_dir, maps_dir, owner_liveness, owner_record, read_owner, update_owner,
+    write_owner)
 
 DEBUG_PREPROCESSOR = 0x4      # bcc: print the clang command and the C as compiled
 ENOTSUPP = 524                # the kernel's own "not supported" (no Python name)
@@ -94,9 +103,10 @@ def _first_error(text: str, fallback: str) -> str:
 
 
 class Loader:
-    def __init__(self, plan: Plan, owner_pid: int, root: str = BPFFS_ROOT):
+    def __init__(self, plan: Plan, owner_pid: int, root: str = BPFFS_ROOT, handover: bool = False):
         self.plan = plan
         self.owner_pid = owner_pid
+        self.handover = handover     # for a sidecar to come (sidecar.bpf.handover)
         self.path = instance_dir(plan.instance, root)
         self.timings = {}
         self.modules = []            # keep bcc modules (their fds) until the links are pinned
@@ -120,8 +130,12 @@ class Loader:
             programs = self.compile_and_load(BPF)
             t = time.monotonic()
             config_maps.sync(self.path, self.plan)
+            # Before anything is attached: the sidecar's connects are never redirected.
+            excluded = write_sidecar_cgroup(self.path, targets.own_cgroup, cgroup2_mount())
             links = self.attach(programs, targets)
             self._timed("attach", t)
+            if self.handover:
+                update_owner(self.path, handed_over_record(read_owner(self.path), self.plan))
         except BaseException:
             if self.created:
                 remove_instance(self.path)
@@ -129,6 +143,8 @@ class Loader:
         self.timings["total"] = round(time.monotonic() - t0, 4)
         return {"ok": True, "instance": self.plan.instance, "path": self.path,
                 "replaced": self.replaced, "links": links, "timings": self.timings,
+                "handed_over": self.handover, "fingerprint": fingerprint(self.plan),
+                "sidecar_cgroup_excluded": excluded,
                 "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
     # -- 2. claim -------------------------------------------------------------------------
@@ -139,7 +155,10 @@ class Loader:
             owner = read_owner(self.path)
             alive, why = owner_liveness(owner, self.path)
             mine = owner is not None and owner.get("pid") == self.owner_pid
-            if alive is not False and not mine:
+            # A handed-over instance nobody adopted yet belongs to no process: a loader run
+            # again (an init container restarted) or one the sidecar runs replaces it.
+            handed_over = owner is not None and owner.get("handed_over") and alive is None
+            if alive is not False and not mine and not handed_over:
                 raise Refusal(EXIT_CONFIG, "instance %s is in use: %s (another sidecar in this pod? "
                                            "set interception.instance, or `sidecar bpf cleanup "
                                            "--instance %s --force` if it is not)"
@@ -162,7 +181,8 @@ class Loader:
             self.owner_pid, mode="ebpf", instance=self.plan.instance,
             app_cgroup=targets.app_cgroup, sidecar_cgroup=targets.sidecar_cgroup,
             interface=targets.interface, ifindex=targets.ifindex,
-            families=[f.name for f in wanted_families(self.plan)], interception=self.plan.interception))
+            families=[f.name for f in wanted_families(self.plan)],
+            interception=self.plan.interception, fingerprint=fingerprint(self.plan)))
 
     # -- 3, 4. compile and load -------------------------------------------------------------------
 
@@ -296,25 +316,43 @@ def main(argv=None) -> int:
     src.add_argument("--plan", help="the load plan as JSON (what the manager passes)")
     src.add_argument("-c", "--config", help="derive the plan from this config file")
     p.add_argument("--instance", help="with -c: the instance name (default: from the config)")
-    p.add_argument("--owner-pid", type=int, default=os.getppid(),
-                   help="the process the kernel state belongs to (default: the parent)")
+    p.add_argument("--owner-pid", type=int,
+                   help="the process the kernel state belongs to (default with --plan: the parent; "
+                        "with -c: none, the instance is handed over)")
     p.add_argument("--print-cflags", action="store_true", help="print each file's compiler flags and exit")
     p.add_argument("--print-c", action="store_true", help="also print the C as bcc compiles it (on stderr)")
     args = p.parse_args(argv)
-    plan = _plan_from_args(args)
+    from sidecar.config import ConfigError
+    try:
+        plan = _plan_from_args(args)
+    except ConfigError as e:
+        print("loader: %s" % e, file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     if args.print_cflags or args.print_c:
         return _print_flags(plan, args.print_c)
+    handover = args.owner_pid is None and args.config is not None
+    owner_pid = args.owner_pid if args.owner_pid is not None else (
+        os.getpid() if handover else os.getppid())
     try:
-        result = Loader(plan, args.owner_pid).run()
+        result = Loader(plan, owner_pid, handover=handover).run()
     except Refusal as e:
         print(json.dumps({"ok": False, "code": e.code, "reason": e.reason}), flush=True)
         print("loader: %s" % e.reason, file=sys.stderr, flush=True)
+        if handover and e.code == EXIT_UNAVAILABLE and plan.fail_open:
+            print("loader: interception.fail is open: nothing loaded; the sidecar will run "
+                  "without interception", file=sys.stderr, flush=True)
+            return EXIT_OK
         return e.code
     except ValueError as e:        # a plan the maps cannot hold
         print(json.dumps({"ok": False, "code": EXIT_CONFIG, "reason": str(e)}), flush=True)
         print("loader: %s" % e, file=sys.stderr, flush=True)
         return EXIT_CONFIG
     print(json.dumps(result), flush=True)
+    if handover:
+        print("loader: instance %s loaded (%d programs, plan %s) in %.2fs and handed over to the "
+              "sidecar that starts next with this config" % (
+                  plan.instance, len(result["links"]), result["fingerprint"][:12],
+                  result["timings"]["total"]), file=sys.stderr, flush=True)
     return EXIT_OK
 
 

@@ -1,9 +1,11 @@
 """What the loader checks before it touches the kernel, each failure one clear line.
 
 Two kinds of answer (sidecar.bpf exit codes):
-    EXIT_CONFIG       unsafe or wrong: the root cgroup, the sidecar inside the app's cgroup
-                      (or the app inside the sidecar's), a host interface, a cgroup or an
-                      interface that does not exist. The sidecar refuses to start.
+    EXIT_CONFIG       unsafe or wrong: the root cgroup (named, or as the parent of the
+                      sidecar's with `interception.cgroup: pod`), the sidecar inside the
+                      app's cgroup (or the app inside the sidecar's) with an explicit path, a
+                      host interface, a cgroup or an interface that does not exist. The
+                      sidecar refuses to start.
     EXIT_UNAVAILABLE  BPF cannot work here: no CAP_BPF/CAP_SYS_ADMIN, no cgroup v2, no
                       bpffs, no kernel headers for bcc, no bcc. interception.fail decides.
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sidecar.bpf import BPFFS_ROOT, EXIT_CONFIG, EXIT_UNAVAILABLE
+from sidecar.bpf.pod_cgroup import is_pod, pod_of
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -27,6 +30,7 @@ CAP_SYS_ADMIN = 21
 CAP_BPF = 39
 PROC_PID_INIT_INO = 0xEFFFFFFC      # include/linux/proc_ns.h: the initial pid namespace
 PROC_NET_INIT_INO = 0xEFFFFFF9      # the initial network namespace, on kernels that fix it
+PROC_CGROUP_INIT_INO = 0xEFFFFFFB   # the initial cgroup namespace
 
 
 class Refusal(Exception):
@@ -40,11 +44,13 @@ class Refusal(Exception):
 
 @dataclass
 class Targets:
-    """The attach points, resolved and checked (sidecar.bpf.programs.TARGETS)."""
+    """The attach points, resolved and checked (sidecar.bpf.programs.TARGETS). With
+    `interception.cgroup: pod` both cgroup targets are the pod's cgroup."""
     app_cgroup: str
     sidecar_cgroup: str
     interface: Optional[str]
     ifindex: Optional[int]
+    own_cgroup: Optional[str] = None     # the cgroup this process runs in
 
 
 class _Statfs(ctypes.Structure):
@@ -124,6 +130,17 @@ def check_privileges():
                                         "nor CAP_BPF with CAP_NET_ADMIN")
 
 
+def check_loader_privileges():
+    """The loader needs more than the manager: bcc opens the maps another file already
+    pinned by their id (BPF_MAP_GET_FD_BY_ID), which the kernel allows only with
+    CAP_SYS_ADMIN."""
+    check_privileges()
+    if not effective_caps() & (1 << CAP_SYS_ADMIN):
+        raise Refusal(EXIT_UNAVAILABLE, "BPF not permitted: the loader needs CAP_SYS_ADMIN (bcc opens "
+                                        "pinned maps by id); CAP_BPF with CAP_NET_ADMIN is enough only "
+                                        "for a sidecar adopting what a loader handed over")
+
+
 def check_bpffs():
     root = os.path.dirname(BPFFS_ROOT)
     try:
@@ -141,11 +158,47 @@ def check_build_tools():
                                         "links the distribution's)" % headers)
     try:
         import importlib.util
-        found = importlib.util.find_spec("bcc") is not None
+        spec = importlib.util.find_spec("bcc")
+        # An empty bcc/ directory is found as a namespace package (no origin): not bcc.
+        found = spec is not None and spec.origin is not None
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise Refusal(EXIT_UNAVAILABLE, "bcc is not installed (Debian: python3-bpfcc)")
+        raise Refusal(EXIT_UNAVAILABLE, "bcc is not installed (Debian: python3-bpfcc; an image "
+                                        "without it relies on the loader init container, `sidecar "
+                                        "bpf load`, to load the programs)")
+
+
+def _own_cgroup_checked(mount: str) -> str:
+    """This process's cgroup, refused when it is the root cgroup."""
+    mine = own_cgroup(mount)
+    if mine is None:
+        raise Refusal(EXIT_UNAVAILABLE, "the sidecar is in no cgroup v2 (/proc/self/cgroup)")
+    if os.path.samefile(mine, mount):
+        hint = ""
+        try:
+            if os.stat("/proc/self/ns/cgroup").st_ino != PROC_CGROUP_INIT_INO:
+                hint = (" (this process has a private cgroup namespace, whose root is its own "
+                        "cgroup: in Kubernetes run the container privileged, which containerd and "
+                        "CRI-O give the node's cgroup namespace)")
+        except OSError:
+            pass
+        raise Refusal(EXIT_CONFIG, "the sidecar runs in the root cgroup (%s): its getsockopt "
+                                   "program would apply to every process; run it in a cgroup of "
+                                   "its own%s" % (mine, hint))
+    return mine
+
+
+def _pod_cgroup_checked(mount: str, mine: str) -> str:
+    """`interception.cgroup: pod`: the parent of this process's cgroup, never the root."""
+    pod = pod_of(mine, mount)
+    if pod is None:
+        raise Refusal(EXIT_CONFIG, "interception.cgroup: pod: the parent of the sidecar's cgroup %s "
+                                   "is the root cgroup (%s): refusing to intercept every process "
+                                   "of the machine (pod mode needs the sidecar in a cgroup of its "
+                                   "own inside the pod's, as Kubernetes places containers)"
+                      % (mine, mount))
+    return pod
 
 
 def resolve_targets(plan) -> Targets:
@@ -160,6 +213,12 @@ def resolve_targets(plan) -> Targets:
         raise Refusal(EXIT_UNAVAILABLE, "no cgroup v2 hierarchy mounted")
     if plan.app_cgroup is None:
         raise Refusal(EXIT_CONFIG, "these programs need interception.cgroup (the app's cgroup v2 directory)")
+    if is_pod(plan.app_cgroup):
+        mine = _own_cgroup_checked(mount)
+        pod = _pod_cgroup_checked(mount, mine)
+        # The sidecar's cgroup is below the pod's by construction: its connects are told
+        # apart in the programs (sc_sidecar_cg), not by where they are attached.
+        return Targets(pod, pod, plan.interface, _interface_index(plan), own_cgroup=mine)
     app = os.path.normpath(plan.app_cgroup)
     if not os.path.isdir(app):
         raise Refusal(EXIT_CONFIG, "interception.cgroup %s does not exist" % app)
@@ -172,20 +231,14 @@ def resolve_targets(plan) -> Targets:
     if os.path.samefile(app, mount):
         raise Refusal(EXIT_CONFIG, "interception.cgroup is the root cgroup (%s): refusing to "
                                    "intercept every process of the machine" % app)
-    mine = own_cgroup(mount)
-    if mine is None:
-        raise Refusal(EXIT_UNAVAILABLE, "the sidecar is in no cgroup v2 (/proc/self/cgroup)")
-    if os.path.samefile(mine, mount):
-        raise Refusal(EXIT_CONFIG, "the sidecar runs in the root cgroup (%s): its getsockopt "
-                                   "program would apply to every process; run it in a cgroup of "
-                                   "its own" % mine)
+    mine = _own_cgroup_checked(mount)
     if _inside(mine, app):
         raise Refusal(EXIT_CONFIG, "the sidecar's cgroup %s is inside the app's cgroup %s: its own "
                                    "connections would be redirected" % (mine, app))
     if _inside(app, mine):
         raise Refusal(EXIT_CONFIG, "the app's cgroup %s is inside the sidecar's cgroup %s: the app "
                                    "would be answered as the sidecar" % (app, mine))
-    return Targets(app, mine, plan.interface, _interface_index(plan))
+    return Targets(app, mine, plan.interface, _interface_index(plan), own_cgroup=mine)
 
 
 def _interface_index(plan) -> Optional[int]:
@@ -203,8 +256,8 @@ def _interface_index(plan) -> Optional[int]:
 
 
 def run_all(plan) -> Targets:
-    """Every check, cheapest first; the resolved targets or a Refusal."""
-    check_privileges()
+    """Every check of the loader, cheapest first; the resolved targets or a Refusal."""
+    check_loader_privileges()
     check_bpffs()
     targets = resolve_targets(plan)
     check_build_tools()

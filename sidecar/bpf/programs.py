@@ -12,9 +12,11 @@ FAMILIES order (the loader appends each link), so a policy family that must drop
 inbound steering goes before it.
 
 Attach points (`Program.target`), resolved by the loader:
-    app_cgroup      interception.cgroup: the app's cgroup v2 directory
+    app_cgroup      interception.cgroup: the app's cgroup v2 directory; with `pod` the
+                    parent of the loader's own cgroup (sidecar.bpf.pod_cgroup)
     sidecar_cgroup  the cgroup the sidecar runs in (/proc/self/cgroup of the loader, which
-                    the manager starts in its own cgroup)
+                    the manager starts in its own cgroup); with `pod` the pod's cgroup too
+                    (an init container loads before the sidecar's cgroup exists)
     interface       interception.interface, in the sidecar's network namespace (tcx)
     map             a pinned map of the instance (`Program.target_map`): sk_msg and sk_skb
                     programs run on the sockets in a sockhash
@@ -32,13 +34,25 @@ import json
 import os
 import socket
 import struct
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from sidecar.bpf.layout import AttachType, ProgType
 
-BPF_DIR = os.environ.get("SIDECAR_BPF_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
+def _bpf_dir() -> str:
+    """bpf/ of the source tree this runs from, else the installed copy
+    (<prefix>/share/bpf-sidecar/bpf); SIDECAR_BPF_DIR overrides both."""
+    if os.environ.get("SIDECAR_BPF_DIR"):
+        return os.environ["SIDECAR_BPF_DIR"]
+    source_tree = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
+    if os.path.isdir(source_tree):
+        return source_tree
+    return os.path.join(sys.prefix, "share", "bpf-sidecar", "bpf")
+
+
+BPF_DIR = _bpf_dir()
 
 TARGETS = ("app_cgroup", "sidecar_cgroup", "interface", "map")
 
@@ -192,10 +206,13 @@ def plan_from_config(cfg, instance: str) -> Plan:
 
 
 def accelerates_local_hops(cfg) -> bool:
-    """interception.accelerate_local, where it can work: it needs the app's cgroup (the
-    app's side of each hop is found by a program on it)."""
+    """interception.accelerate_local, where it can work: it needs the app's own cgroup
+    (the app's side of each hop is found by a program on it, the sidecar's side by one on
+    the sidecar's cgroup). Not with `cgroup: pod`, where one cgroup holds both: those
+    programs could not tell the app's loopback traffic from the sidecar's."""
     ic = cfg.interception
-    return ic.mode in ("ebpf", "iptables") and ic.accelerate_local and ic.cgroup is not None
+    return (ic.mode in ("ebpf", "iptables") and ic.accelerate_local
+            and ic.cgroup not in (None, "pod"))
 
 
 def splices_tunnels(cfg) -> bool:

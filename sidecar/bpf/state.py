@@ -7,10 +7,17 @@
 
 bpffs holds only bpf objects, so the owner record is a small pinned map rather than a
 file. It names the process whose life the kernel state belongs to (the manager: pid and
-start time, so a reused pid is not mistaken for it), the pid and network namespaces, and
-what was attached where. An instance whose owner is gone is stale: the next start
-replaces it, and `sidecar bpf cleanup --stale` removes it. An instance whose owner lives
-is never touched by another process.
+start time, so a reused pid is not mistaken for it), its pid and network namespaces and
+cgroup, and what was attached where. An instance whose owner is gone is stale: the next
+start replaces it, and `sidecar bpf cleanup --stale` removes it. An instance whose owner
+lives is never touched by another process. An owner in another pid namespace (a sidecar
+container before its restart) cannot be looked up by pid: it is gone when its cgroup is
+(container runtimes remove a container's cgroup with it).
+
+An instance loaded by `sidecar bpf load` (an init container) is "handed over": its record
+says so (`handed_over`, and the plan's `fingerprint`) and names the loader, which has
+exited; it waits for the sidecar that adopts it (sidecar.bpf.handover), and is stale only
+once the cgroup it is attached to is gone (the pod ended without a sidecar).
 
 No bcc here: the manager, the CLI and the tests read instances through sidecar.bpf.syscall.
 """
@@ -85,12 +92,33 @@ def boot_id() -> str:
 def default_instance(cfg) -> str:
     """<namespace>-<name>-<netns inode>: unique per pod on a node (one sidecar per network
     namespace), and the same again when the sidecar restarts in the same pod, so a restart
-    after a crash finds its own stale state."""
+    after a crash finds its own stale state. With `interception.cgroup: pod`,
+    <namespace>-<name>-pod<pod cgroup id> instead: one instance per attach point, the same
+    for the init container and the sidecar, and also after the pod's sandbox (and network
+    namespace) is recreated, so the programs the old sandbox's sidecar left on the pod's
+    cgroup are found and replaced rather than left running next to the new ones."""
     if cfg.interception.instance:
         return cfg.interception.instance
     w = cfg.workload
     name = "%s-%s-%d" % (w.namespace, w.name, ns_inode("net"))
+    pod = _pod_cgroup_here(cfg.interception.cgroup)
+    if pod is not None:
+        name = "%s-%s-pod%d" % (w.namespace, w.name, os.stat(pod).st_ino)
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
+
+
+def _pod_cgroup_here(cgroup):
+    """The pod's cgroup as this process sees it (`interception.cgroup: pod`), or None."""
+    from sidecar.bpf.pod_cgroup import is_pod, pod_of
+    from sidecar.bpf.preflight import cgroup2_mount, own_cgroup
+    if not is_pod(cgroup):
+        return None
+    try:
+        mount = cgroup2_mount()
+        mine = own_cgroup(mount) if mount else None
+    except OSError:
+        return None
+    return pod_of(mine, mount) if mine else None
 
 
 # -- the owner record ----------------------------------------------------------------------------
@@ -98,9 +126,19 @@ def default_instance(cfg) -> str:
 def owner_record(pid: int, **facts) -> dict:
     """The owner record of process `pid` (which must be alive), with `facts` added."""
     record = {"pid": pid, "start_time": proc_start_time(pid), "pidns": ns_inode("pid", pid),
-              "netns": ns_inode("net", pid), "boot_id": boot_id(), "created": time.time()}
+              "netns": ns_inode("net", pid), "cgroup": _cgroup_of(pid), "boot_id": boot_id(),
+              "created": time.time()}
     record.update(facts)
     return record
+
+
+def _cgroup_of(pid: int):
+    from sidecar.bpf.preflight import cgroup2_mount, own_cgroup
+    try:
+        mount = cgroup2_mount()
+        return own_cgroup(mount, pid) if mount else None
+    except OSError:
+        return None
 
 
 def write_owner(path: str, record: dict):
@@ -112,6 +150,19 @@ def write_owner(path: str, record: dict):
     try:
         syscall.map_update(fd, b"\0\0\0\0", data.ljust(OWNER_VALUE_SIZE, b"\0"))
         syscall.obj_pin(fd, owner_path(path))
+    finally:
+        os.close(fd)
+
+
+def update_owner(path: str, record: dict):
+    """Replaces the owner record of the instance at `path` in place (one map write: a
+    reader sees the old record or the new one)."""
+    data = json.dumps(record, sort_keys=True).encode()
+    if len(data) >= OWNER_VALUE_SIZE:
+        raise ValueError("owner record too large (%d bytes)" % len(data))
+    fd = syscall.obj_get(owner_path(path))
+    try:
+        syscall.map_update(fd, b"\0\0\0\0", data.ljust(OWNER_VALUE_SIZE, b"\0"))
     finally:
         os.close(fd)
 
@@ -147,7 +198,13 @@ def owner_liveness(owner, path: str = None):
     pid = owner.get("pid")
     if "boot_id" in owner and owner["boot_id"] != boot_id():
         return False, "owner pid %s ran before the last boot" % pid
+    if owner.get("handed_over"):
+        return _handed_over_liveness(owner)
     if owner.get("pidns") != ns_inode("pid"):
+        cgroup = owner.get("cgroup")
+        if cgroup and not _populated(cgroup):
+            return False, "owner pid %s (another pid namespace) is gone: its cgroup %s is %s" % (
+                pid, cgroup, "empty" if os.path.isdir(cgroup) else "gone")
         return None, "owner pid %s is in another pid namespace" % pid
     start = proc_start_time(pid)
     if start is None:
@@ -155,6 +212,28 @@ def owner_liveness(owner, path: str = None):
     if start != owner.get("start_time"):
         return False, "owner pid %s has exited (the pid now belongs to another process)" % pid
     return True, "owner pid %s is running" % pid
+
+
+def _populated(cgroup: str) -> bool:
+    """Whether a cgroup v2 directory exists and holds a process (cgroup.events)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.events")) as f:
+            return any(line.split() == ["populated", "1"] for line in f)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True          # cannot tell: assume it does
+
+
+def _handed_over_liveness(owner):
+    """A handed-over instance waits for its sidecar while the cgroup it is attached to
+    lives (None: not for another process to remove); once that is gone, so is the pod."""
+    loaded = "handed over by the loader (pid %s) at %s" % (
+        owner.get("pid"), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(owner.get("created", 0))))
+    cgroup = owner.get("app_cgroup")
+    if cgroup and not os.path.isdir(cgroup):
+        return False, "%s, but its cgroup %s is gone" % (loaded, cgroup)
+    return None, "%s, waiting for its sidecar" % loaded
 
 
 # -- what is pinned ---------------------------------------------------------------------------------
@@ -278,8 +357,11 @@ def describe_instance(name: str, root: str = BPFFS_ROOT, fill: bool = True) -> d
     path = instance_dir(name, root)
     owner = read_owner(path)
     alive, why = owner_liveness(owner, path)
-    return {"instance": name, "path": path, "owner": owner,
-            "state": "live" if alive else "unknown" if alive is None else "stale",
+    if alive is None and (owner or {}).get("handed_over"):
+        state = "handed_over"
+    else:
+        state = "live" if alive else "unknown" if alive is None else "stale"
+    return {"instance": name, "path": path, "owner": owner, "state": state,
             "owner_status": why, "links": read_links(path, owner),
             "maps": read_maps(path, fill), "counters": read_counters(path),
             "local_hops": read_hop_counters(path)}

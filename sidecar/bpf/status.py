@@ -10,6 +10,11 @@
     sidecar bpf cleanup --stale
         removes every instance whose owner is gone, bpffs and this namespace's iptables
         rules; never a live one (other sidecars on the machine keep theirs)
+    sidecar bpf load -c FILE [--instance NAME]
+        the loader as an init container: compiles, attaches and pins the instance of
+        FILE and exits, handing it over to the sidecar that starts next with the same
+        config (sidecar.bpf.handover); exit codes as the loader's (sidecar.bpf), except
+        that BPF being unavailable with `interception.fail: open` exits 0
 
 Exit status: 0 done; 1 something was refused (an instance in use) or failed.
 """
@@ -47,9 +52,12 @@ def _selected(args) -> list:
 def collect_status(names=None, root: str = BPFFS_ROOT) -> dict:
     names = list_instances(root) if names is None else names
     instances = []
+    from sidecar.bpf.pod_cgroup import read_sidecar_cgroup
     for name in names:
         if os.path.isdir(instance_dir(name, root)):
-            instances.append(describe_instance(name, root))
+            inst = describe_instance(name, root)
+            inst["sidecar_cgroup_excluded"] = read_sidecar_cgroup(inst["path"])
+            instances.append(inst)
     return {"bpffs": root, "instances": instances, "iptables": _iptables_here()}
 
 
@@ -64,6 +72,13 @@ def _print_human(status: dict, out=sys.stdout):
         if owner:
             w("  app cgroup %s, sidecar cgroup %s, interface %s\n" % (
                 owner.get("app_cgroup"), owner.get("sidecar_cgroup"), owner.get("interface") or "-"))
+            w("  plan %s%s\n" % ((owner.get("fingerprint") or "-")[:12], _adoption(owner)))
+        excluded = inst.get("sidecar_cgroup_excluded")
+        if excluded and excluded["id"]:
+            w("  connects never redirected from cgroup id %d (level %d)%s\n" % (
+                excluded["id"], excluded["level"],
+                ", the owner's: %s" % owner["cgroup"] if owner.get("cgroup") and
+                _same_cgroup(owner["cgroup"], excluded["id"]) else ""))
         w("  programs:\n")
         for link in inst["links"]:
             where = link.get("cgroup") or link.get("interface") or (
@@ -97,6 +112,22 @@ def _print_human(status: dict, out=sys.stdout):
             state = "live" if entry["alive"] else "unknown" if entry["alive"] is None else "stale"
             w("  instance %s: %s (%s), IPv%s, %d jump rules\n" % (
                 name, state, entry["why"], "+".join(map(str, entry["versions"])), len(entry["rules"])))
+
+
+def _adoption(owner: dict) -> str:
+    adopted = owner.get("adopted")
+    if owner.get("handed_over"):
+        return ", handed over: waiting for the sidecar that adopts it"
+    if adopted:
+        return ", adopted (%s) from the loader pid %s" % (adopted.get("was"), adopted.get("from_pid"))
+    return ""
+
+
+def _same_cgroup(path: str, cgroup_id: int) -> bool:
+    try:
+        return os.stat(path).st_ino == cgroup_id
+    except OSError:
+        return False
 
 
 def cmd_status(args) -> int:
@@ -161,10 +192,21 @@ def cmd_cleanup(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_load(args) -> int:
+    # The loader, in this process: the one command of the CLI that imports bcc.
+    from sidecar.bpf.loader import main as loader_main
+    return loader_main(["-c", args.config] + (["--instance", args.instance] if args.instance else []))
+
+
 def add_commands(sub):
-    """Adds `bpf status` and `bpf cleanup` to the `sidecar` command line."""
-    bpf = sub.add_parser("bpf", help="the kernel state: status, cleanup")
+    """Adds `bpf status`, `bpf cleanup` and `bpf load` to the `sidecar` command line."""
+    bpf = sub.add_parser("bpf", help="the kernel state: status, cleanup, load")
     cmds = bpf.add_subparsers(dest="bpf_command", required=True)
+    load = cmds.add_parser("load", help="load, attach and pin the programs of a config, then exit, "
+                                        "handing them over to the sidecar (an init container's job)")
+    load.add_argument("-c", "--config", required=True)
+    load.add_argument("--instance", help="the instance name (default: from the config)")
+    load.set_defaults(func=cmd_load)
     status = cmds.add_parser("status", help="programs, attachments, map fill and counters")
     status.add_argument("--json", action="store_true", help="as JSON")
     cleanup = cmds.add_parser("cleanup", help="remove this instance's (or every stale) kernel state")

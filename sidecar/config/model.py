@@ -23,7 +23,7 @@ class Workload:
 @dataclass
 class Interception:
     mode: str = "off"                      # ebpf | iptables | off
-    cgroup: Optional[str] = None           # the app's cgroup v2 directory (ebpf mode)
+    cgroup: Optional[str] = None           # the app's cgroup v2 directory, or "pod" (sidecar.bpf.pod_cgroup)
     interface: Optional[str] = None        # pod interface for counters and L3/L4 policy
     accelerate_local: bool = False
     exclude_outbound_ports: list[int] = field(default_factory=list)

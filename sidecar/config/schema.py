@@ -173,11 +173,12 @@ def _instance_name(text: str) -> str:
 
 def _check_interception(values, given, path, ctx):
     cgroup = values["cgroup"]
-    if cgroup is not None and not cgroup.startswith("/"):
-        ctx.error_at(join(path, given["cgroup"]), "must be an absolute path (the app's cgroup v2 directory)")
+    if cgroup is not None and not cgroup.startswith("/") and cgroup != "pod":
+        ctx.error_at(join(path, given["cgroup"]), "must be an absolute path (the app's cgroup v2 "
+                                                  "directory) or `pod` (the parent of the sidecar's own cgroup)")
     if values["mode"] == "ebpf" and cgroup is None:
         ctx.error_at(join(path, given.get("mode", "mode")),
-                     "ebpf mode needs interception.cgroup (the app's cgroup v2 directory)")
+                     "ebpf mode needs interception.cgroup (the app's cgroup v2 directory, or `pod`)")
     if values["mode"] == "ebpf" and values["interface"] is None:
         ctx.warn_at(join(path, given.get("mode", "mode")),
                     "no interception.interface: inbound traffic is not intercepted")
@@ -189,11 +190,17 @@ def _check_interception(values, given, path, ctx):
             ctx.warn_at(join(path, given["accelerate_local"]),
                         "needs interception.cgroup (the app's side of each hop is found there): "
                         "local hops are not accelerated")
+        elif cgroup == "pod":
+            ctx.warn_at(join(path, given["accelerate_local"]),
+                        "not with interception.cgroup: pod (one cgroup holds the app and the "
+                        "sidecar, whose sockets the programs must tell apart): local hops are "
+                        "not accelerated; name the app's cgroup to accelerate them")
 
 
 INTERCEPTION = Section([
     Field("mode", Enum("ebpf", "iptables", "off"), "how app traffic is steered through the sidecar"),
-    Field("cgroup", Str(), "the app's cgroup v2 directory (ebpf mode)"),
+    Field("cgroup", Str(), "the app's cgroup v2 directory, or `pod`: the parent of the sidecar's "
+          "own cgroup (in Kubernetes the pod's cgroup, holding every container of the pod)"),
     Field("interface", Str(_interface_name), "pod interface: in-kernel counters and L3/L4 policy"),
     Field("accelerate_local", Bool(), "sockops + sk_msg bypass for app <-> sidecar hops"),
     Field("exclude_outbound_ports", ListOf(PORT), "outbound ports never captured"),
@@ -310,29 +317,102 @@ WEIGHTED_SERVICE = Section([
     Field("weight", Int(0, 1_000_000), "share of requests, relative to the other entries"),
 ], WeightedService)
 
+def _check_jwks_file(values, given, path, ctx):
+    # The file is read now, so a missing or broken key set is refused at load with its
+    # line; the workers watch it afterwards, and a later bad version keeps the last keys.
+    from fastpath.jwt_verify import load_jwks
+    where = join(path, given.get("jwks_file", "jwks_file"))
+    try:
+        keys = load_jwks(values["jwks_file"])
+    except ValueError as e:
+        ctx.error_at(where, f"bad JWKS file: {e}")
+        return
+    if not keys:
+        ctx.warn_at(where, "the JWKS file has no usable key (RS256, ES256, HS256) yet: "
+                           "every token is refused until it has one")
+
+
 JWT = Section([
     Field("issuer", Str(), "expected 'iss'", required=True),
     Field("audiences", ListOf(Str()), "accepted 'aud' values (default: any)", default=[]),
-    Field("jwks_file", Str(), "JSON Web Key Set file", required=True),
-])
+    Field("jwks_file", Str(), "JSON Web Key Set file (reloaded when it changes)", required=True),
+    Field("clock_skew", DURATION, "tolerance on 'exp' and 'nbf'", default=60.0),
+    Field("cache_entries", Int(1, 1 << 20), "verified tokens kept per route (LRU)", default=4096),
+], check=_check_jwks_file)
 
-AUTHN = Section([Field("jwt", JWT, "bearer JWT validation", required=True)])
+
+def _check_api_keys_file(values, given, path, ctx):
+    from fastpath.api_keys import load_api_keys
+    try:
+        load_api_keys(values["file"])
+    except ValueError as e:
+        ctx.error_at(join(path, given.get("file", "file")), f"bad API key file: {e}")
+
+
+API_KEYS = Section([
+    Field("header", Str(_header_name, "a header name"), "request field carrying the key", default="x-api-key"),
+    Field("file", Str(), "one 'KEY' or 'PRINCIPAL KEY' per line (reloaded when it changes)", required=True),
+], check=_check_api_keys_file)
+
+
+def _check_authn(values, given, path, ctx):
+    if values["jwt"] is None and values["api_keys"] is None:
+        ctx.error_at(path, "needs jwt or api_keys")
+
+
+AUTHN = Section([
+    Field("jwt", JWT, "bearer JWT validation (default: none)", default=None),
+    Field("api_keys", API_KEYS, "API keys in a request field (default: none)", default=None),
+], check=_check_authn, doc="a request needs a valid credential of one of these kinds (401 otherwise)")
+
+
+def _authz_path(text: str) -> str:
+    if text == "*":
+        return text
+    core = text[:-1] if text.endswith("*") else text[1:] if text.startswith("*") else text
+    if "*" in core or (not text.startswith("*") and not text.startswith("/")):
+        raise ValueError(f"invalid path pattern '{text}': use /exact, /prefix*, *suffix or *")
+    if re.search(r"[\s\x00-\x1f\x7f]", text):
+        raise ValueError(f"invalid path pattern '{text}': no spaces or control characters")
+    return text
+
+
+_AUTHZ_CONDITIONS = ("principals", "claims", "methods", "paths", "source_cidrs")
+MAX_IDENTITY_RULES = 64     # fastpath/authz.pyx: one bit per rule with principals or claims
 
 
 def _check_authz_rule(values, given, path, ctx):
-    if not values["principals"] and not values["claims"]:
-        ctx.error_at(path, "a rule needs principals or claims (an empty rule would allow everyone)")
+    if not any(values[c] for c in _AUTHZ_CONDITIONS):
+        ctx.error_at(path, "a rule needs at least one of " + ", ".join(_AUTHZ_CONDITIONS)
+                     + " (an empty rule would match every request)")
 
 
 AUTHZ_RULE = Section([
-    Field("principals", ListOf(Str()), "any of these peer identities (SPIFFE IDs)", default=[]),
-    Field("claims", MapOf(str, Str(allow_empty=True), "claim name"), "JWT claim -> value, all must match",
+    Field("principals", ListOf(Str()), "any of these: JWT subject, API-key principal, or peer SPIFFE ID",
+          default=[]),
+    Field("claims", MapOf(str, Str(allow_empty=True), "claim name"),
+          "JWT claim (dotted for nested) -> value, all must match; list claims and scope/scp contain it",
           default={}),
+    Field("methods", ListOf(Str(_method)), "any of these methods", default=[]),
+    Field("paths", ListOf(Str(_authz_path, "a path pattern")), "any of: /exact, /prefix*, *suffix, *",
+          default=[]),
+    Field("source_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")), "client address in any of these",
+          default=[]),
 ], check=_check_authz_rule, doc="matches when every condition given matches")
 
+
+def _check_authz(values, given, path, ctx):
+    rules = values["allow"] + values["deny"]
+    if not rules:
+        ctx.error_at(path, "needs allow or deny rules")
+    if sum(1 for r in rules if r["principals"] or r["claims"]) > MAX_IDENTITY_RULES:
+        ctx.error_at(path, f"at most {MAX_IDENTITY_RULES} rules with principals or claims")
+
+
 AUTHZ = Section([
-    Field("allow", ListOf(AUTHZ_RULE), "a request is allowed if any rule matches", required=True),
-])
+    Field("allow", ListOf(AUTHZ_RULE), "when given, a request is allowed only if a rule matches", default=[]),
+    Field("deny", ListOf(AUTHZ_RULE), "a request that matches any of these is denied (deny wins)", default=[]),
+], check=_check_authz)
 
 
 def _check_rate_limit(values, given, path, ctx):
@@ -341,21 +421,57 @@ def _check_rate_limit(values, given, path, ctx):
 
 
 RATE_LIMIT = Section([
-    Field("rate", RATE, "sustained rate per key", required=True),
+    Field("rate", RATE, "sustained rate per key, for the whole sidecar (each worker gets rate/workers)",
+          required=True),
     Field("burst", Int(1), "bucket size (default: one second's worth of rate)", default=None),
     Field("key", Str(_rate_limit_key, schema={"type": "string",
                                               "pattern": "^(client_ip|global|header:.+|jwt:.+)$"}),
           "client_ip | header:NAME | jwt:CLAIM | global", default="client_ip"),
+    Field("max_keys", Int(1, 1 << 22), "keys tracked per worker (least recently used evicted)",
+          default=16384),
 ], check=_check_rate_limit)
 
+
+def _header_template(text: str) -> str:
+    from fastpath.header_template import split_template
+    split_template(_header_value(text))
+    return text
+
+
+def _check_header_edits(values, given, path, ctx):
+    for name in values["set"]:
+        if name in values["add"]:
+            ctx.error_at(join(join(path, "add"), name), "also in set: give it in one of them")
+
+
+HEADER_VALUE = Str(_header_template, "a header value (%{request_id}, %{principal}, %{client_ip}, %{route})",
+                   allow_empty=True)
+
 HEADER_EDITS = Section([
-    Field("set", MapOf(_editable_header_name, Str(_header_value, allow_empty=True), "header name"),
+    Field("set", MapOf(_editable_header_name, HEADER_VALUE, "header name"),
           "header name -> value, replacing any", default={}),
+    Field("add", MapOf(_editable_header_name, HEADER_VALUE, "header name"),
+          "header name -> value, added to any", default={}),
     Field("remove", ListOf(Str(_editable_header_name)), "header names to drop", default=[]),
-])
+], check=_check_header_edits)
+
+
+def _check_request_edits(values, given, path, ctx):
+    _check_header_edits(values, given, path, ctx)
+    for index, name in enumerate(values["remove"]):
+        if name == "host":
+            ctx.error_at(join(join(path, "remove"), index), "an HTTP/1.1 request needs its Host")
+    for key in ("set", "add"):
+        if "x-request-id" in values[key]:
+            # The proxy keeps the client's id or generates one; a second would disagree.
+            ctx.error_at(join(join(path, key), "x-request-id"),
+                         "the request id is the proxy's (kept or generated); use %{request_id} elsewhere")
+
+
+REQUEST_HEADER_EDITS = Section(HEADER_EDITS.fields, check=_check_request_edits)
 
 HEADERS = Section([
-    Field("request", HEADER_EDITS, "edits before the request is forwarded", default=SECTION_DEFAULTS),
+    Field("request", REQUEST_HEADER_EDITS, "edits before the request is forwarded", default=SECTION_DEFAULTS),
     Field("response", HEADER_EDITS, "edits before the response is returned", default=SECTION_DEFAULTS),
 ])
 
@@ -394,6 +510,17 @@ def _check_route(values, given, path, ctx):
         values["service"] = []
     elif values["service"] and sum(s.weight for s in values["service"]) == 0:
         ctx.error_at(join(path, given["service"]), "the weights add up to 0")
+    rate_limit = values["rate_limit"]
+    has_jwt = bool((values["authn"] or {}).get("jwt"))
+    if rate_limit and rate_limit["key"].startswith("jwt:") and not has_jwt:
+        ctx.error_at(join(join(path, given["rate_limit"]), "key"),
+                     "a jwt:CLAIM key needs authn.jwt on the same route")
+    for side, edits in (values["headers"] or {}).items():
+        for key in ("set", "add"):
+            for name, value in edits[key].items():
+                if "%{claim:" in value and not has_jwt:
+                    ctx.error_at(join(join(join(join(path, given["headers"]), side), key), name),
+                                 "%{claim:NAME} needs authn.jwt on the same route")
 
 
 ROUTE = Section([
@@ -420,6 +547,12 @@ ROUTE = Section([
 def _access_log_format(text: str) -> str:
     from sidecar.telemetry.access_log import check_format
     return check_format(text)
+
+
+def _otlp_endpoint(text: str) -> str:
+    from sidecar.telemetry.span_exporter import traces_url
+    traces_url(text)            # raises ValueError with the reason
+    return text
 
 KERNEL = Section([
     Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")), "dropped in the kernel"),
@@ -453,9 +586,11 @@ TELEMETRY = Section([
         Field("format", Str(_access_log_format), "json, or a template of %field% (Envoy's operators too)"),
     ], AccessLog)),
     Field("tracing", Section([
-        Field("propagate", ListOf(Enum("w3c", "b3")), "trace header formats"),
-        Field("sample", PERCENT, "share of traces sampled"),
-        Field("otlp_endpoint", Str(), "OTLP collector (default: none)"),
+        Field("propagate", ListOf(Enum("w3c", "b3")),
+              "trace header formats read and written, first match wins ([] for none)"),
+        Field("sample", PERCENT, "share of new traces sampled (an incoming decision is followed)"),
+        Field("otlp_endpoint", Str(_otlp_endpoint, "an http(s) URL"),
+              "OTLP/HTTP collector, e.g. http://otel-collector:4318 (default: none)"),
     ], Tracing)),
     Field("istio_compat", Bool(), "also emit Istio's standard metric names"),
 ], Telemetry)

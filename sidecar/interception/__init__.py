@@ -4,8 +4,9 @@
     iptables  sidecar.interception.iptables: REDIRECT rules (iptables_rules) in the pod's netns
     off       nothing: the app talks to the listeners itself
 
-Every mode offers the manager the same few things: `start()` before traffic is expected
-(None to go on, or an exit code to refuse the start with), `stop()` removing everything it
+Every mode offers the manager the same few things: `prepare()` before any worker exists
+(ebpf: adopting an instance an init container handed over), `start()` before traffic is
+expected (None to go on, or an exit code to refuse the start with), `stop()` removing everything it
 put in the kernel, `readiness()` for /readyz, `snapshot()` for /stats, `redirects()` for
 sidecar_kernel_redirects_total, and a ConfigHook applying exclusion changes on reload.
 
@@ -47,6 +48,9 @@ class Interception:
         manager.kernel_collectors.append(KernelAccelerationCollector(self.programs_path))
         if self.hook is not None:
             manager.config_hooks.append(self.hook)
+
+    async def prepare(self):
+        """Kernel work that must be done before any worker can open a connection."""
 
     async def start(self):
         return None

@@ -1,7 +1,11 @@
-"""ebpf mode, the manager's side: runs the loader child, then reads and updates what it pinned.
+"""ebpf mode, the manager's side: runs the loader child (or adopts the instance an init
+container handed over), then reads and updates what it pinned.
 
-The manager never imports bcc. It runs `python -m sidecar.bpf.loader --plan JSON` (the plan
-from sidecar.bpf.programs.plan_from_config), which compiles, attaches, pins under
+The manager never imports bcc. Before any worker starts it adopts the instance that
+`sidecar bpf load` (the loader as an init container) handed over, when that matches this
+config (sidecar.bpf.handover): no loader runs at all. Otherwise it runs
+`python -m sidecar.bpf.loader --plan JSON` (the plan from
+sidecar.bpf.programs.plan_from_config), which compiles, attaches, pins under
 /sys/fs/bpf/sidecar/<instance>/ and exits with a code (sidecar.bpf): 0 attached;
 EXIT_CONFIG refused (the manager refuses to start); EXIT_UNAVAILABLE BPF impossible here
 (interception.fail decides). From then on the manager only touches pinned objects through
@@ -19,6 +23,9 @@ import time
 
 from sidecar.bpf import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, config_maps
 from sidecar.bpf.cleanup import InstanceInUse, cleanup_instance
+from sidecar.bpf.handover import adopt_instance
+from sidecar.bpf.pod_cgroup import read_sidecar_cgroup
+from sidecar.bpf.preflight import cgroup2_mount, own_cgroup
 from sidecar.bpf.programs import plan_from_config, wanted_families
 from sidecar.bpf.state import (
     default_instance, instance_dir, links_dir, read_counters, read_hop_counters, read_links,
@@ -39,13 +46,37 @@ class EbpfInterception(Interception):
         self.instance = default_instance(cfg)
         self.path = instance_dir(self.instance)
         self.hook = InterceptionHook(self)
-        self.loader = None            # the loader's report: timings, peak RSS, wall time
+        self.loader = None            # the loader's report (timings, peak RSS, wall time),
+                                      # or the adoption's ("adopted": True)
         self.expected_links = []
 
     # -- start and stop ---------------------------------------------------------------------
 
+    async def prepare(self):
+        """Adopts a handed-over instance matching this config (sidecar.bpf.handover); the
+        sidecar's cgroup is written before any worker can connect anywhere."""
+        plan = plan_from_config(self.cfg, self.instance)
+        try:
+            report, note = adopt_instance(self.path, plan, os.getpid())
+        except (OSError, ValueError) as e:
+            report, note = None, "could not adopt instance %s: %s" % (self.instance, e)
+        if note:
+            log.warning("%s", note)
+        if report is None:
+            return
+        self.loader = report
+        self.expected_links = report["links"]
+        self.state = "active"
+        log.info("ebpf interception active (instance %s, %d programs): adopted the instance %s "
+                 "by pid %s %.1fs ago (plan %s) in %.3fs; no loader run", self.instance,
+                 len(self.expected_links), report["was"], report["from_pid"],
+                 time.time() - (report["loaded_at"] or time.time()), (report["fingerprint"] or "")[:12],
+                 report["seconds"])
+
     async def start(self):
         """Runs the loader; None to go on, or the exit code to refuse the start with."""
+        if self.state == "active":
+            return None               # adopted in prepare()
         self.state = "starting"
         plan = plan_from_config(self.cfg, self.instance)
         started = time.monotonic()
@@ -134,14 +165,19 @@ class EbpfInterception(Interception):
                     "families": [f.name for f in wanted_families(plan_from_config(self.cfg, self.instance))]})
         if self.state != "active":
             return out
-        out["loader"] = {"timings": self.loader["timings"], "wall_seconds": self.loader["wall_seconds"],
-                         "peak_rss_kb": self.loader["peak_rss_kb"]}
+        if self.loader.get("adopted"):
+            out["adopted"] = {k: self.loader[k] for k in (
+                "was", "from_pid", "loaded_at", "fingerprint", "seconds", "sidecar_cgroup_excluded")}
+        else:
+            out["loader"] = {"timings": self.loader["timings"], "wall_seconds": self.loader["wall_seconds"],
+                             "peak_rss_kb": self.loader["peak_rss_kb"]}
         try:
             out["links"] = read_links(self.path, read_owner(self.path))
             out["counters"] = read_counters(self.path)
             if os.path.exists(os.path.join(self.path, "maps", "sc_excl_out")):
                 out["exclusions"] = {"outbound": read_port_set(self.path, "sc_excl_out"),
                                      "inbound": read_port_set(self.path, "sc_excl_in")}
+                out["sidecar_cgroup_excluded"] = self._sidecar_cgroup_excluded()
             hops = read_hop_counters(self.path)
             if hops:
                 out["local_hops"] = hops
@@ -152,6 +188,14 @@ class EbpfInterception(Interception):
     def programs_path(self):
         """The instance directory while its programs are loaded, else None."""
         return self.path if self.state == "active" else None
+
+    def _sidecar_cgroup_excluded(self):
+        """The cgroup whose connects the programs leave alone: {"id", "level", "cgroup"}."""
+        entry = read_sidecar_cgroup(self.path)
+        if entry:
+            mine = own_cgroup(cgroup2_mount() or "/")
+            entry["cgroup"] = mine if mine and os.stat(mine).st_ino == entry["id"] else None
+        return entry
 
     def redirects(self) -> dict:
         if self.state != "active":

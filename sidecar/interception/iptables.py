@@ -62,8 +62,10 @@ class IptablesInterception(Interception):
         log.info("iptables interception active (instance %s, chains %s, IPv%s, %s): %.0f ms",
                  self.instance, "/".join(chain_names(self.instance)),
                  "+".join(str(v) for v in rules.versions),
-                 "app cgroup %s" % plan.app_cgroup if plan.app_cgroup
-                 else "every user but uid %d" % plan.sidecar_uid, self.seconds * 1000)
+                 ("app cgroup %s" % plan.app_cgroup if not plan.sidecar_cgroup else
+                  "pod cgroup %s but the sidecar's %s" % (plan.app_cgroup, plan.sidecar_cgroup))
+                 if plan.app_cgroup else "every user but uid %d" % plan.sidecar_uid,
+                 self.seconds * 1000)
         return None
 
     def stop(self):
@@ -109,6 +111,7 @@ class IptablesInterception(Interception):
             out.update({"ip_versions": self.rules.versions, "install_seconds": round(self.seconds, 4),
                         "app": ({"cgroup": plan.app_cgroup} if plan.app_cgroup
                                 else {"not_uid": plan.sidecar_uid}),
+                        "sidecar_cgroup": plan.sidecar_cgroup,
                         "interface": plan.interface,
                         "exclusions": {"outbound": plan.exclude_outbound, "inbound": plan.exclude_inbound}})
             try:

@@ -11,7 +11,10 @@ Per instance, in the nat table of iptables and ip6tables:
 "The app" is `-m cgroup --path <interception.cgroup>` when the app's cgroup is configured
 (the sidecar's own connections come from another cgroup), else every user but the
 sidecar's own (`-m owner ! --uid-owner <uid>`: the sidecar runs as its own user, like
-Istio's 1337). REDIRECT under ip6tables sends IPv6 to [::1] and the interface's address:
+Istio's 1337). With `interception.cgroup: pod` it is the pod's cgroup (the parent of the
+sidecar's, sidecar.bpf.pod_cgroup), and SC-OUT-<id> starts with
+`-m cgroup --path <the sidecar's cgroup> -j RETURN`: xt_cgroup matches a cgroup and
+everything below it, so the sidecar's connections are the pod's too. REDIRECT under ip6tables sends IPv6 to [::1] and the interface's address:
 the workers listen there too (sidecar.worker.listen_addresses).
 
 The comment on the jump rules is the owner record: at start, rules of this instance whose
@@ -57,6 +60,7 @@ class RulePlan:
     outbound_port: int
     inbound_port: int
     app_cgroup: Optional[str] = None     # path relative to the cgroup v2 root ("/pod-x")
+    sidecar_cgroup: Optional[str] = None  # pod mode: the sidecar's, relative to the root, not redirected
     sidecar_uid: int = 0
     interface: Optional[str] = None
     exclude_outbound: list = field(default_factory=list)
@@ -90,12 +94,34 @@ def _app_cgroup_path(cgroup: str) -> str:
     return "/" + rel
 
 
+def _pod_cgroup_paths():
+    """`interception.cgroup: pod`: (the pod's cgroup, the sidecar's), as --path values."""
+    from sidecar.bpf.pod_cgroup import pod_of
+    from sidecar.bpf.preflight import cgroup2_mount, own_cgroup
+    mount = cgroup2_mount()
+    if mount is None:
+        raise IptablesError("no cgroup v2 hierarchy mounted for interception.cgroup")
+    mine = own_cgroup(mount) or mount
+    pod = pod_of(mine, mount)
+    if pod is None:
+        raise IptablesError("interception.cgroup: pod: the parent of the sidecar's cgroup %s is the "
+                            "root cgroup (%s): refusing to intercept every process of the machine"
+                            % (mine, mount), unavailable=False)
+    return "/" + os.path.relpath(pod, mount), "/" + os.path.relpath(mine, mount)
+
+
 def rule_plan(cfg, instance: str) -> RulePlan:
+    from sidecar.bpf.pod_cgroup import is_pod
     from sidecar.interception.ports import excluded_inbound_ports, excluded_outbound_ports
     ic = cfg.interception
-    app = _app_cgroup_path(ic.cgroup) if ic.cgroup else None
+    sidecar_cg = None
+    if is_pod(ic.cgroup):
+        app, sidecar_cg = _pod_cgroup_paths()
+    else:
+        app = _app_cgroup_path(ic.cgroup) if ic.cgroup else None
     return RulePlan(instance=instance, outbound_port=cfg.outbound.listen[1],
-                    inbound_port=cfg.inbound.listen[1], app_cgroup=app, sidecar_uid=os.getuid(),
+                    inbound_port=cfg.inbound.listen[1], app_cgroup=app, sidecar_cgroup=sidecar_cg,
+                    sidecar_uid=os.getuid(),
                     interface=ic.interface, exclude_outbound=excluded_outbound_ports(cfg),
                     exclude_inbound=excluded_inbound_ports(cfg))
 
@@ -109,7 +135,10 @@ def owner_comment(instance: str, pid: int) -> str:
 
 def chain_rules(plan: RulePlan, version: int) -> list:
     out_chain, in_chain = chain_names(plan.instance)
-    rules = ["-A %s -d %s -j RETURN" % (out_chain, LOOPBACK[version])]
+    rules = []
+    if plan.sidecar_cgroup:
+        rules.append("-A %s -m cgroup --path %s -j RETURN" % (out_chain, shlex.quote(plan.sidecar_cgroup)))
+    rules.append("-A %s -d %s -j RETURN" % (out_chain, LOOPBACK[version]))
     rules += ["-A %s -p tcp --dport %d -j RETURN" % (out_chain, p) for p in plan.exclude_outbound]
     rules.append("-A %s -p tcp -j REDIRECT --to-ports %d" % (out_chain, plan.outbound_port))
     rules += ["-A %s -p tcp --dport %d -j RETURN" % (in_chain, p)

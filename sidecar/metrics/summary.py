@@ -6,7 +6,9 @@ import time
 
 from fastpath.stats import DURATION_BOUNDS
 from sidecar.metrics.labels import NO_SERVICE
-from sidecar.metrics.worker_stats import M_ACCESS_LOG_DROPPED, aggregate
+from sidecar.metrics.worker_stats import (
+    M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED, aggregate,
+)
 from sidecar.telemetry import DIRECTIONS, PROTOCOLS
 
 
@@ -81,5 +83,8 @@ def stats_summary(manager) -> dict:
         "totals": {"requests": sum(r["requests"] for r in out_rows),
                    "5xx": sum(r["codes"].get("5xx", 0) for r in out_rows),
                    "access_log_dropped": counters.get((M_ACCESS_LOG_DROPPED, 0, 0), 0),
+                   "spans_exported": counters.get((M_SPANS_EXPORTED, 0, 0), 0),
+                   "spans_dropped": counters.get((M_SPANS_DROPPED, 0, 0), 0),
+                   "spans_failed": counters.get((M_SPANS_FAILED, 0, 0), 0),
                    "stats_overflow": overflow},
     }

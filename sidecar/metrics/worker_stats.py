@@ -7,8 +7,9 @@ sidecar_request_duration_seconds, sidecar_request_bytes_total,
 sidecar_response_bytes_total, sidecar_connections_active/_total,
 sidecar_upstream_retries_total, sidecar_ratelimit_decisions_total,
 sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total,
-sidecar_tcp_received_bytes_total/_sent_bytes_total (byte tunnels); with
-`telemetry.istio_compat`, Istio's istio_requests_total and
+sidecar_access_log_dropped_total, sidecar_tracing_spans_{dropped,exported,failed}_total,
+sidecar_tcp_received_bytes_total/_sent_bytes_total and sidecar_tcp_tunnels_total (byte
+tunnels); with `telemetry.istio_compat`, Istio's istio_requests_total and
 istio_request_duration_milliseconds too.
 
 Label values are bounded: routes and services come from config (sidecar.metrics.labels),
@@ -25,9 +26,9 @@ from sidecar.telemetry import (
 
 # fastpath/stats.pxd StatsMetric
 M_RATELIMIT, M_AUTHZ, M_CACHE, M_RETRIES, M_CIRCUIT_BREAKER_OPEN = 1, 2, 3, 4, 5
-M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED = 6, 7
-M_TCP_BYTES = 8                 # a=direction, b=0 from the downstream client, 1 to it
-M_TCP_TUNNELS = 9               # a=direction, b=path (TUNNEL_PATHS)
+M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
+M_TCP_BYTES = 10                # a=direction, b=0 from the downstream client, 1 to it
+M_TCP_TUNNELS = 11              # a=direction, b=path (TUNNEL_PATHS)
 TUNNEL_PATHS = ("kernel", "userspace")   # fastpath/tunnel.pyx PATH_*
 GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN})
 
@@ -155,7 +156,7 @@ class WorkerStatsCollector:
                                     labels=["route", "decision"])
         cache = CounterMetricFamily("sidecar_cache_lookups_total", "Response cache lookups",
                                     labels=["route", "result"])
-        dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0}
+        dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0, M_SPANS_EXPORTED: 0, M_SPANS_FAILED: 0}
         tcp_bytes = {(d, b): 0 for d in range(2) for b in range(2)}
         tunnels = {}
         for (metric, a, b), value in counters.items():
@@ -205,6 +206,14 @@ class WorkerStatsCollector:
         yield CounterMetricFamily("sidecar_access_log_dropped_total",
                                   "Access log lines dropped because the queue was full",
                                   value=dropped[M_ACCESS_LOG_DROPPED])
+        for metric, name, doc in (
+                (M_SPANS_DROPPED, "sidecar_tracing_spans_dropped_total",
+                 "Spans dropped because the export queue was full (or unsent at shutdown)"),
+                (M_SPANS_EXPORTED, "sidecar_tracing_spans_exported_total",
+                 "Spans the OTLP collector accepted"),
+                (M_SPANS_FAILED, "sidecar_tracing_spans_failed_total",
+                 "Spans lost to OTLP export errors or rejected by the collector")):
+            yield CounterMetricFamily(name, doc, value=dropped[metric])
         yield CounterMetricFamily("sidecar_stats_overflow_total",
                                   "Requests counted under the _other labels (stats table full)",
                                   value=overflow)

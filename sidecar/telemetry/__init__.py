@@ -4,7 +4,8 @@ These tables are ABI with those headers: a bit or a number added there gets its 
 here, in the same change. They turn an ExchangeRecord into metric label values and
 access-log fields.
 
-    access_log   the bounded queue of finished exchanges and its writer
+    access_log      the bounded queue of finished exchanges and its writer
+    span_exporter   the bounded queue of sampled spans and its OTLP/HTTP exporter
 """
 
 # ResponseFlag bits (exchange.pxd), in Envoy's order of precedence for the label.

@@ -8,8 +8,9 @@ the queue in batches, so a slow disk or a stalled stdout reader never blocks a r
 
 Formats: `json` (one object per line, the keys of FIELDS), or a template in which
 `%name%` is replaced by a field (`%status% %method% %path%`); Envoy's command operators
-are accepted as aliases (`%RESPONSE_CODE%`, `%REQ(:PATH)%`, ...). Missing values print
-as `-` in templates and `null` in JSON.
+are accepted as aliases (`%RESPONSE_CODE%`, `%REQ(:PATH)%`, `%TRACE_ID%`, ...). Missing
+values print as `-` in templates and `null` in JSON. `trace_id` and `span_id` are the
+exchange's W3C/B3 trace id and the sidecar's span id, so log lines join traces.
 """
 import collections
 import json
@@ -23,12 +24,12 @@ from sidecar.telemetry import response_flags
 
 FACTS = ("direction", "start", "end", "method", "path", "authority", "request_id", "route",
          "service", "upstream", "status", "flags", "request_bytes", "response_bytes",
-         "retries", "client")
+         "retries", "client", "principal", "trace", "span")
 
 # The fields of a line, in JSON key order.
 FIELDS = ("start_time", "direction", "method", "path", "authority", "request_id", "route",
           "service", "upstream", "status", "response_flags", "duration_ms", "bytes_received",
-          "bytes_sent", "retries", "client", "principal")
+          "bytes_sent", "retries", "client", "principal", "trace_id", "span_id")
 
 ENVOY_ALIASES = {
     "START_TIME": "start_time", "REQ(:METHOD)": "method", "REQ(:PATH)": "path",
@@ -38,6 +39,7 @@ ENVOY_ALIASES = {
     "BYTES_RECEIVED": "bytes_received", "BYTES_SENT": "bytes_sent",
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": "client",
     "DOWNSTREAM_PEER_PRINCIPAL": "principal", "UPSTREAM_REQUEST_ATTEMPT_COUNT": "retries",
+    "TRACE_ID": "trace_id",
 }
 
 _PLACEHOLDER = re.compile(r"%([A-Za-z_():\-]+)%")
@@ -84,6 +86,8 @@ class Formatter:
         routes = names[0] if direction == "inbound" else names[1]
         route, service = f["route"], f["service"]
         upstream = f["upstream"]
+        trace = f.get("trace")
+        span = f.get("span")
         return {
             "start_time": _rfc3339(f["start"] + self.wall_offset),
             "direction": direction,
@@ -101,7 +105,10 @@ class Formatter:
             "bytes_sent": f["response_bytes"],
             "retries": f["retries"],
             "client": _text(f["client"]),
-            "principal": None,
+            "principal": _text(f.get("principal")),
+            # The exchange's trace and the sidecar's span in it: logs join traces on these.
+            "trace_id": "%016x%016x" % trace if trace else None,
+            "span_id": "%016x" % span if span else None,
         }
 
     def line(self, facts) -> str:

@@ -201,3 +201,20 @@ def test_sidecar_stats_prints_tables_of_the_running_sidecar(app):
         assert "Requests by route and service" in r.stdout
         row = [l for l in r.stdout.splitlines() if "inbound" in l and "_app" in l]
         assert row and " 3 " in row[0], r.stdout
+
+
+def test_reload_right_after_start_reaches_workers_still_starting():
+    """A reload that comes while some workers are still starting (they got the config of
+    the moment they were spawned) is applied to them too before it is reported applied:
+    every request after the answer reaches the new app, whichever worker takes it."""
+    with HttpApp() as old_app, HttpApp() as new_app:
+        sc = SidecarProcess(app=old_app.address, workers=4)
+        with sc:
+            sc.config["inbound"]["app"] = "%s:%d" % new_app.address
+            sc.write_config()
+            status, _, body = call(sc, "admin", "/reload", "POST", timeout=30)
+            assert status == 200 and json.loads(body)["ok"], body
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:      # while the other workers come up
+                assert _get(sc.inbound) == 200
+            assert old_app.requests == [] and len(new_app.requests) > 10

@@ -1,10 +1,13 @@
 """Transparent interception, one behavioural suite for every mode the sidecar installs itself:
-eBPF (connect/sockops/getsockopt on cgroups, TC steering on the pod interface), iptables
-matching the app's cgroup, and iptables matching every user but the sidecar's.
+eBPF (connect/sockops/getsockopt on cgroups, TC steering on the pod interface) on the app's
+cgroup and on the pod's (`interception.cgroup: pod`), iptables matching the app's cgroup or
+the pod's, and iptables matching every user but the sidecar's.
 
 Two pods (network namespaces) joined by a veth pair. The pod under test runs the sidecar
 (in a cgroup of its own) and its app (in the app's cgroup, as uid 65534); the peer pod runs
-plain servers and clients. Outbound: the app's connections reach the peer through the
+plain servers and clients. In the pod modes both cgroups are children `app/` and `sidecar/`
+of one pod cgroup, as Kubernetes places containers, and interception is attached to
+(iptables: matches) that pod cgroup, the sidecar's own included. Outbound: the app's connections reach the peer through the
 sidecar, which finds their original destination (HTTP proxied, opaque TCP tunnelled,
 server-speaks-first tunnelled after the detect timeout); excluded ports go direct.
 Inbound: the peer's connections to the pod reach the sidecar's inbound listener with
@@ -44,7 +47,7 @@ DB_PORT = 5432              # inbound.tcp_passthrough_ports, app on loopback
 EXCLUDED_IN = 9091          # exclude_inbound_ports: the app listens on the pod address itself
 BANNER = b"220 smtp ready\r\n"
 
-MODES = ["ebpf", "iptables", "iptables-uid"]
+MODES = ["ebpf", "ebpf-pod", "iptables", "iptables-pod", "iptables-uid"]
 
 
 def banner_handler(conn, server):
@@ -82,7 +85,14 @@ def pods(request):
     mode = request.param
     require_privileges(root=True, netns=True,
                        tools=("ip", "nsenter", "setpriv", "iptables", "ip6tables"))
-    with Netns() as pod, Netns() as peer, Cgroup() as app_cg, Cgroup() as sidecar_cg:
+    with Netns() as pod, Netns() as peer, Cgroup() as first_cg, Cgroup() as second_cg:
+        if mode.endswith("-pod"):
+            pod_cg = first_cg
+            app_cg, sidecar_cg = pod_cg.child("app"), pod_cg.child("sidecar")
+            intercepted_cg = pod_cg
+        else:
+            app_cg, sidecar_cg = first_cg, second_cg
+            intercepted_cg = app_cg
         pod_dev, _ = veth_pair(pod, peer, ["%s/24" % POD_V4, "%s/64" % POD_V6],
                                ["%s/24" % PEER_V4, "%s/64" % PEER_V6])
         servers = {}
@@ -98,8 +108,9 @@ def pods(request):
             for srv in servers.values():
                 srv.__enter__()
             sidecar = NetnsSidecar(
-                pod, mode="iptables" if mode.startswith("iptables") else mode,
-                app_cgroup=None if mode == "iptables-uid" else app_cg, cgroup=sidecar_cg,
+                pod, mode="iptables" if mode.startswith("iptables") else "ebpf",
+                app_cgroup={"iptables-uid": None, "ebpf-pod": "pod", "iptables-pod": "pod"}.get(mode, app_cg),
+                cgroup=sidecar_cg,
                 interface=pod_dev, app=("127.0.0.1", APP_PORT),
                 extra={"interception": {"exclude_outbound_ports": [EXCLUDED_OUT],
                                         "exclude_inbound_ports": [EXCLUDED_IN]},
@@ -107,7 +118,8 @@ def pods(request):
                        "telemetry": {"health": {"listen": "0.0.0.0:15021"}}})
             with sidecar:
                 yield {"pod": pod, "peer": peer, "app_cg": app_cg, "sidecar_cg": sidecar_cg,
-                       "servers": servers, "sidecar": sidecar, "mode": mode, "dev": pod_dev}
+                       "intercepted_cg": intercepted_cg, "servers": servers, "sidecar": sidecar,
+                       "mode": mode, "dev": pod_dev}
             for srv in servers.values():
                 assert srv.errors == [], srv.errors
         finally:
@@ -349,8 +361,13 @@ def test_stats_metrics_and_readyz_show_the_interception(pods):
         attached = {l["function"]: l for l in info["links"]}
         assert set(attached) == {"sc_connect4", "sc_connect6", "sc_sockops", "sc_getsockopt", "sc_inbound",
                                  "sc_splice_verdict"}     # interception.splice: auto
-        assert attached["sc_connect4"]["cgroup"] == pods["app_cg"].path
-        assert attached["sc_getsockopt"]["cgroup"] == pods["sidecar_cg"].path
+        assert attached["sc_connect4"]["cgroup"] == pods["intercepted_cg"].path
+        # pod mode: on the pod's cgroup too (the sidecar's may not exist when it loads)
+        assert attached["sc_getsockopt"]["cgroup"] == (
+            pods["intercepted_cg"] if pods["mode"] == "ebpf-pod" else pods["sidecar_cg"]).path
+        excluded = info["sidecar_cgroup_excluded"]
+        assert excluded["id"] == os.stat(pods["sidecar_cg"].path).st_ino
+        assert excluded["cgroup"] == pods["sidecar_cg"].path
         assert attached["sc_inbound"]["interface"] == pods["dev"]
         assert info["counters"]["outbound_redirected"] >= 1
         assert info["counters"]["original_dst_answered"] >= 1
@@ -364,6 +381,9 @@ def test_stats_metrics_and_readyz_show_the_interception(pods):
                 assert "libbcc" not in f.read(), "pid %d has bcc loaded" % pid
     else:
         assert info["redirected"]["outbound"] >= 1 and info["redirected"]["inbound"] >= 1
+        if pods["mode"] == "iptables-pod":
+            assert info["app"] == {"cgroup": pods["intercepted_cg"].relative}
+            assert info["sidecar_cgroup"] == pods["sidecar_cg"].relative
     shown = sc.ns.run([sys.executable, "-m", "sidecar.cli", "stats"], cwd=ROOT).stdout
     assert "interception: %s active" % mode in shown, shown
     _, metrics = sc.ns.call(_get_metrics)

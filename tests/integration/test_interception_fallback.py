@@ -5,13 +5,13 @@ left in the kernel either way. Unsafe configuration is refused whatever `fail` s
 
 Refusals are real, not simulated in the sidecar's code: the sidecar run without any
 capability (`setpriv --inh-caps=-all --bounding-set=-all`: bpf(2) and iptables are both
-denied), and a copy of bpf/ whose inbound program the verifier rejects (SIDECAR_BPF_DIR).
+denied), and a copy of bpf/ whose inbound program the verifier rejects (SIDECAR_BPF_DIR, the
+`unloadable_bpf_dir` fixture of tests/conftest.py).
 """
 import contextlib
 import json
 import os
 import re
-import shutil
 import sys
 
 import pytest
@@ -120,19 +120,6 @@ def test_without_privileges_fail_closed_refuses_to_start(pod, mode, reason):
     assert re.search("%s interception unavailable: %s.*refusing to start" % (mode, reason), sc.log())
     assert "cannot start:" in sc.log()
     assert _leftovers(pod, mode, "default-app-%d" % os.stat(pod["ns"].path).st_ino) == []
-
-
-@pytest.fixture
-def unloadable_bpf_dir(tmp_path):
-    """A copy of bpf/ whose inbound program reads the packet without a bounds check."""
-    target = tmp_path / "bpf"
-    shutil.copytree(os.path.join(ROOT, "bpf"), target)
-    source = target / "inbound_steer.c"
-    text = source.read_text()
-    check = "    if ((void *)(eth + 1) > data_end)\n        return SC_TCX_NEXT;\n    if (eth->h_proto"
-    assert check in text
-    source.write_text(text.replace(check, "    if (eth->h_proto"))
-    return str(target)
 
 
 def test_loader_reports_a_verifier_refusal_and_leaves_nothing(pod, unloadable_bpf_dir):

@@ -112,6 +112,16 @@ def test_refuses_to_run_from_the_root_cgroup(pod):
     _refused(pod, _plan(pod), EXIT_CONFIG, "the sidecar runs in the root cgroup", cgroup=None)
 
 
+def test_pod_mode_refuses_a_sidecar_whose_parent_is_the_root_cgroup(pod):
+    """`interception.cgroup: pod` from a cgroup directly under the root: its parent, the
+    pod's cgroup, would be the root cgroup."""
+    plan = _plan(pod, app_cgroup="pod")
+    reason = _refused(pod, plan, EXIT_CONFIG, "interception.cgroup: pod: the parent of the sidecar's cgroup")
+    assert "is the root cgroup (%s)" % CGROUP_ROOT in reason
+    assert not [p for p in cgroup_programs(CGROUP_ROOT) if p[1].startswith("sc_")]
+    _refused(pod, plan, EXIT_CONFIG, "the sidecar runs in the root cgroup", cgroup=None)
+
+
 def test_refuses_a_sidecar_inside_the_apps_cgroup(pod):
     inner = Cgroup()
     inner.path = os.path.join(pod["app_cg"].path, "sidecar")

@@ -35,6 +35,18 @@ def total(text, name, **labels):
     return sum(v for k, v in samples(text, name).items() if want <= k)
 
 
+def settled_scrape(sc, name, expected, **labels):
+    """The /metrics text once `name{labels}` totals `expected`: a worker counts an
+    exchange just after writing its last byte, so a client can read the response a
+    moment before the count is in shared memory."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        ctype, text = scrape(sc)
+        if total(text, name, **labels) == expected or time.monotonic() > deadline:
+            return ctype, text
+        time.sleep(0.02)
+
+
 def test_requests_are_counted_with_spec_labels_in_both_exposition_formats():
     with HttpApp() as app, SidecarProcess(app=app.address, workers=2) as sc:
         for _ in range(7):
@@ -42,7 +54,7 @@ def test_requests_are_counted_with_spec_labels_in_both_exposition_formats():
         assert _request(sc.inbound, "/status/503") == 503
         assert _request(sc.inbound, "/headers", method="POST") in (200, 501, 405)
 
-        ctype, text = scrape(sc)
+        ctype, text = settled_scrape(sc, "sidecar_requests_total", 9)
         assert ctype.startswith("text/plain")
         ok = samples(text, "sidecar_requests_total")
         got = {k: v for k, v in ok.items() if dict(k).get("code") == "200" and dict(k)["method"] == "GET"}
@@ -72,7 +84,7 @@ def test_requests_are_counted_with_spec_labels_in_both_exposition_formats():
 def test_upstream_connect_failure_is_counted_with_its_response_flag():
     with SidecarProcess(app=("127.0.0.1", closed_port())) as sc:
         assert _request(sc.inbound) == 503
-        _, text = scrape(sc)
+        _, text = settled_scrape(sc, "sidecar_requests_total", 1, code="503")
         assert total(text, "sidecar_requests_total", code="503", response_flags="UF") == 1
 
 

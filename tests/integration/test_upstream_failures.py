@@ -88,6 +88,8 @@ MALFORMED_RESPONSES = [
     ("malformed_cl", b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok", "malformed Content-Length"),
     ("unsupported_coding", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
      "unsupported transfer coding"),
+    ("final_coding_not_chunked", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n\x1f\x8b",
+     "unsupported transfer coding"),
     ("bare_lf", b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok", "bare LF"),
     ("bare_lf_one_line", b"HTTP/1.1 200 OK\r\nX-A: b\n" + CL2 + b"\r\nok", "bare LF"),
     ("bad_chunk_size_in_first_read", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",

@@ -92,8 +92,9 @@ class NetnsSidecar:
     `tests.support.sidecar_process.SidecarProcess` (the ports are the pod's own, so Istio's
     defaults are used). `.inbound`, `.outbound`: listener addresses; `.log()`: its output.
 
-    `mode` is interception.mode; `app_cgroup` (a Cgroup) is interception.cgroup, and
-    `cgroup` (a Cgroup) the one the sidecar runs in (eBPF mode refuses the root cgroup);
+    `mode` is interception.mode; `app_cgroup` (a Cgroup, or "pod") is interception.cgroup,
+    and `cgroup` (a Cgroup) the one the sidecar runs in (eBPF mode refuses the root cgroup;
+    with "pod", its parent is the pod's);
     `interface` the pod interface. `extra` is merged into the config dict key by key;
     `prefix` goes before the command (inside the namespace), `env` adds to its environment.
     `start()` returns once /readyz answers 200 (the kernel side attached), unless told not
@@ -110,7 +111,7 @@ class NetnsSidecar:
         self.cgroup = cgroup
         interception = {"mode": mode}
         if app_cgroup is not None:
-            interception["cgroup"] = app_cgroup.path
+            interception["cgroup"] = app_cgroup if isinstance(app_cgroup, str) else app_cgroup.path
         if interface is not None:
             interception["interface"] = interface
         self.config = _merge({

@@ -19,6 +19,9 @@ from tests.support.ports import free_port
 
 class _AppHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body go out in separate writes: without TCP_NODELAY the body
+    # waits for the proxy's delayed ACK (40 ms) on every kept-alive request.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass

@@ -67,7 +67,25 @@ class SidecarProcess:
         except Exception:
             self.stop()
             raise RuntimeError("sidecar did not start:\n" + self.log())
+        self.wait_ready(timeout)
         return self
+
+    def wait_ready(self, timeout=15.0):
+        """Waits (at most `timeout`) for /healthz/ready: every worker listening. The first
+        worker to bind opens the ports; the others may still be starting. Returns whether
+        it became ready (a test of a sidecar that cannot be ready goes on regardless)."""
+        import urllib.request
+        url = "http://%s/healthz/ready" % self.config["telemetry"]["health"]["listen"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
 
     def worker_pids(self):
         """Pids of the worker processes (children of the manager)."""

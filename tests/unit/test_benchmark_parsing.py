@@ -111,3 +111,16 @@ def test_stat_line_with_spaces_and_parentheses_in_the_command_name():
     )
     st = parse_stat(line)
     assert (st.pid, st.ppid, st.utime, st.stime, st.starttime) == (4063, 1, 7, 12, 98765)
+
+
+def test_sidecar_config_extra_is_a_yaml_mapping_merged_key_by_key():
+    from benchmarks.peers import merge_config
+    from benchmarks.run import parse_args
+    args = parse_args(["--quick", "--sidecar-config-extra", "{telemetry: {tracing: {sample: 100%}}}"])
+    assert args.sidecar_config_extra == {"telemetry": {"tracing": {"sample": "100%"}}}
+    base = {"telemetry": {"access_log": {"path": None}, "tracing": {"propagate": ["w3c"]}}, "workers": 1}
+    assert merge_config(base, args.sidecar_config_extra) == {
+        "telemetry": {"access_log": {"path": None}, "tracing": {"propagate": ["w3c"], "sample": "100%"}},
+        "workers": 1}
+    with pytest.raises(SystemExit):
+        parse_args(["--sidecar-config-extra", "[1, 2]"])

@@ -1,10 +1,11 @@
 """The mesh benchmark's pure parts: medians and added latency over interleaved rounds, target
 verdicts, the Markdown report, loadgen report parsing and the wire classifiers."""
 import copy
+from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.mesh import loadgen, render, summary
+from benchmarks.mesh import loadgen, proxies, render, summary
 from benchmarks.mesh.scenarios import SCENARIOS, Scenario
 from benchmarks.mesh.loads import QUICK_LOADS, STANDARD_LOADS
 from benchmarks.mesh.wire import _tcp_payload_to, looks_like_http, looks_like_tls
@@ -86,7 +87,7 @@ def _document():
     names = ["direct", "bpf-sidecar", "nginx"]
     unavailable = {"bpf-sidecar-mtls": "the pod link carried 20 plaintext HTTP and 0 TLS segments: not mTLS"}
     out = summary.summarize(copy.deepcopy(records), ["open-2000"], names + ["bpf-sidecar-mtls"], unavailable)
-    scenario = {"proxy": "sidecar", "iptables": True, "waits_for": None, "evidence": {}, "processes": {},
+    scenario = {"proxy": "sidecar", "interception": "the sidecar's own, iptables", "waits_for": None, "evidence": {}, "processes": {},
                 "resources": {}}
     return {
         "started_at": "2026-01-01T00:00:00+00:00", "json_file": "x-mesh.json",
@@ -132,6 +133,27 @@ def test_every_scenario_is_a_small_definition_with_a_proof():
     tcp = next(load for load in STANDARD_LOADS if load.kind == "tcp")
     assert not policy.runs(tcp)
     assert {load.kind for load in QUICK_LOADS} == {"closed", "open", "tcp"}
+
+
+def test_only_proxies_without_interception_of_their_own_get_the_harness_rules():
+    for s in SCENARIOS:
+        assert s.harness_iptables == (s.proxy in ("nginx", "haproxy")), s.name
+    with pytest.raises(ValueError, match="installs its own interception"):
+        Scenario("twice", "twice", proxy="sidecar", harness_iptables=True, proof=lambda row, context: {})
+
+
+def test_the_sidecar_rows_configure_their_own_interception_on_the_pod():
+    pod = SimpleNamespace(role="client", app_cgroup=SimpleNamespace(path="/sys/fs/cgroup/unified/x/app"),
+                          dev="vscabcdefa", sidecar_instance="bench-mesh-abc-client")
+    rows = {s.name: s for s in SCENARIOS}
+    config = proxies.sidecar_config(pod)
+    assert config["interception"] == {"mode": "iptables", "cgroup": "/sys/fs/cgroup/unified/x/app",
+                                      "interface": "vscabcdefa", "instance": "bench-mesh-abc-client"}
+    for name, accelerate in (("bpf-sidecar-ebpf", False), ("bpf-sidecar-ebpf-accel", True)):
+        config = proxies.sidecar_config(pod, rows[name].overlay(pod, None))
+        assert config["interception"] == {"mode": "ebpf", "cgroup": "/sys/fs/cgroup/unified/x/app",
+                                          "interface": "vscabcdefa", "instance": "bench-mesh-abc-client",
+                                          "accelerate_local": accelerate}
 
 
 def test_loadgen_report_parsing():

@@ -830,10 +830,11 @@ def test_response_without_length_reads_until_close(feed):
     assert h.body_kind == P.UNTIL_CLOSE and h.keep_alive is False
 
 
-def test_response_with_final_coding_not_chunked_reads_until_close(feed):
-    # RFC 9112 6.3 item 4.
-    h = assert_ok(feed(response(b"Transfer-Encoding: gzip"), response=True))
-    assert h.body_kind == P.UNTIL_CLOSE and h.keep_alive is False
+@pytest.mark.parametrize("value", [b"gzip", b"chunked, gzip", b"identity"])
+def test_response_with_final_coding_not_chunked_rejected(feed, value):
+    # RFC 9112 6.3 item 4 would read it until close, but the client could not decode it:
+    # Transfer-Encoding is hop-by-hop and not forwarded.
+    assert_rejected(feed(response(b"Transfer-Encoding: " + value), response=True), 502)
 
 
 def test_response_connection_close(feed):

@@ -93,8 +93,16 @@ def errors_of(text, env=None):
 
 # --- the SPEC's example ----------------------------------------------------------------
 
-def test_spec_example_loads_with_every_value_parsed():
-    c = load_config_text(SPEC_EXAMPLE, source="spec.yaml")
+def spec_example(tmp_path):
+    """The SPEC example with its JWKS file (read at load) pointing at a key set with one key."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": [{"kty": "oct", "kid": "k1", "k": "%s"}]}\n' % ("A" * 43))
+    return SPEC_EXAMPLE.replace("/etc/sidecar/jwks.json", str(jwks)), str(jwks)
+
+
+def test_spec_example_loads_with_every_value_parsed(tmp_path):
+    text, jwks = spec_example(tmp_path)
+    c = load_config_text(text, source="spec.yaml")
     assert c.source == "spec.yaml"
     assert (c.workload.name, c.workload.namespace, c.workers, c.drain_timeout) == ("reviews", "default", 1, 5.0)
 
@@ -129,15 +137,17 @@ def test_spec_example_loads_with_every_value_parsed():
     assert r.match.path_prefix == "/api/" and r.match.methods == ["GET", "POST"]
     assert r.match.headers == {"x-env": "prod"}
     assert r.authn == {"jwt": {"issuer": "https://issuer.example", "audiences": ["reviews"],
-                               "jwks_file": "/etc/sidecar/jwks.json"}}
+                               "jwks_file": jwks, "clock_skew": 60.0, "cache_entries": 4096},
+                       "api_keys": None}
+    no_conditions = {"principals": [], "claims": {}, "methods": [], "paths": [], "source_cidrs": []}
     assert r.authz == {"allow": [
-        {"principals": ["spiffe://cluster.local/ns/default/sa/productpage"], "claims": {}},
-        {"principals": [], "claims": {"scope": "read"}},
-    ]}
-    assert r.rate_limit == {"rate": 100.0, "burst": 200, "key": "client_ip"}
+        {**no_conditions, "principals": ["spiffe://cluster.local/ns/default/sa/productpage"]},
+        {**no_conditions, "claims": {"scope": "read"}},
+    ], "deny": []}
+    assert r.rate_limit == {"rate": 100.0, "burst": 200, "key": "client_ip", "max_keys": 16384}
     assert r.max_request_body == 1_000_000
-    assert r.headers == {"request": {"set": {"x-source": "sidecar"}, "remove": ["x-internal"]},
-                         "response": {"set": {}, "remove": ["server"]}}
+    assert r.headers == {"request": {"set": {"x-source": "sidecar"}, "add": {}, "remove": ["x-internal"]},
+                         "response": {"set": {}, "add": {}, "remove": ["server"]}}
     assert r.cache == {"ttl": 30.0, "max_entry": 262144, "max_total": 64_000_000}
     assert r.fault == {"abort": {"status": 503, "percent": 0.01}, "delay": {"duration": 0.1, "percent": 0.05}}
 
@@ -154,17 +164,17 @@ def test_spec_example_loads_with_every_value_parsed():
     assert t.istio_compat is False
 
 
-def test_spec_example_inbound_route_service_is_dropped_with_a_warning():
+def test_spec_example_inbound_route_service_is_dropped_with_a_warning(tmp_path):
     # SPEC's example puts `service:` on an inbound route while saying it is outbound-only:
     # the file must load, and no inbound pipeline may see the service.
-    c = load_config_text(SPEC_EXAMPLE)
+    c = load_config_text(spec_example(tmp_path)[0])
     assert c.routes[0].service == []
     assert c.warnings == ["routes.0.service (line 40): ignored: only outbound routes have a service; "
                           "inbound routes deliver to inbound.app"]
 
 
-def test_spec_example_dumps_and_loads_back_equal():
-    c = load_config_text(SPEC_EXAMPLE)
+def test_spec_example_dumps_and_loads_back_equal(tmp_path):
+    c = load_config_text(spec_example(tmp_path)[0])
     again = load_config_text(yaml.safe_dump(config_to_dict(c)))
     again.warnings = c.warnings
     assert again == c
@@ -260,7 +270,8 @@ def test_effective_defaults_use_the_files_layout_and_units():
     ("routes:\n  - name: r\n    cache: {ttl: 1s, max_entry: 2MiB, max_total: 1MiB}\n",
      "routes.0.cache.max_entry (line 3): larger than max_total (1MiB)"),
     ("routes:\n  - name: r\n    authz:\n      allow: [{}]\n",
-     "routes.0.authz.allow.0 (line 4): a rule needs principals or claims (an empty rule would allow everyone)"),
+     "routes.0.authz.allow.0 (line 4): a rule needs at least one of principals, claims, methods, paths, "
+     "source_cidrs (an empty rule would match every request)"),
     ("kernel:\n  deny_cidrs: [10.0.0.1/8]\n",
      "kernel.deny_cidrs.0 (line 2): invalid CIDR '10.0.0.1/8': has host bits set (did you mean '10.0.0.0/8'?)"),
     ("kernel:\n  syn_rate_limit: {per_source: 5}\n",
@@ -431,7 +442,7 @@ def test_units_are_parsed_into_the_model():
     r, r2 = c.routes
     assert r.match.path_exact == "/exact" and r2.match.path_exact == "/other"
     assert r.service == [WeightedService("a", 90), WeightedService("b", 10)]
-    assert r.rate_limit == {"rate": 100.0, "burst": 100, "key": "header:x-api-key"}
+    assert r.rate_limit == {"rate": 100.0, "burst": 100, "key": "header:x-api-key", "max_keys": 16384}
     assert r.max_request_body == 65536
 
 
@@ -467,13 +478,13 @@ def test_json_schema_is_json_and_lists_the_top_level_keys():
     assert set(telemetry["properties"]["metrics"]["anyOf"][0]["properties"]) == {"listen"}
 
 
-def test_json_schema_accepts_what_the_loader_accepts():
+def test_json_schema_accepts_what_the_loader_accepts(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     schema = config_json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
     validator.validate(effective_defaults())
-    validator.validate(config_to_dict(load_config_text(SPEC_EXAMPLE)))
+    validator.validate(config_to_dict(load_config_text(spec_example(tmp_path)[0])))
     assert not validator.is_valid({"workers": 1, "wrokers": 2})
     assert not validator.is_valid({"drain_timeout": "5 seconds"})
 
@@ -515,14 +526,22 @@ def test_every_model_attribute_has_a_key_in_the_schema():
 
 def test_ebpf_mode_needs_the_apps_cgroup():
     assert errors_of("interception: {mode: ebpf, interface: eth0}\n") == [
-        "interception.mode (line 1): ebpf mode needs interception.cgroup (the app's cgroup v2 directory)"]
+        "interception.mode (line 1): ebpf mode needs interception.cgroup (the app's cgroup v2 directory, "
+        "or `pod`)"]
 
 
 def test_interception_cgroup_must_be_absolute_and_instance_a_bpffs_name():
     assert errors_of("interception:\n  mode: iptables\n  cgroup: pod-x\n") == [
-        "interception.cgroup (line 3): must be an absolute path (the app's cgroup v2 directory)"]
+        "interception.cgroup (line 3): must be an absolute path (the app's cgroup v2 directory) or `pod` "
+        "(the parent of the sidecar's own cgroup)"]
     assert errors_of("interception:\n  instance: a.b\n") == [
         "interception.instance (line 2): invalid instance name 'a.b': letters, digits, '_' and '-', at most 64"]
+
+
+def test_interception_cgroup_pod_is_the_pods_cgroup():
+    c = load("interception: {mode: ebpf, cgroup: pod, interface: eth0}\n")
+    assert c.interception.cgroup == "pod" and c.warnings == []
+    assert load("interception: {mode: iptables, cgroup: pod}\n").interception.cgroup == "pod"
 
 
 def test_ebpf_mode_without_an_interface_warns_that_inbound_is_not_intercepted():

@@ -93,6 +93,31 @@ def test_collector_sums_workers_and_retired_totals_with_config_names():
     assert 'sidecar_request_duration_seconds_count{code="503",direction="inbound",route="api",service="_app"} 1.0' in text
 
 
+def test_access_log_lines_carry_the_trace_and_span_ids():
+    traced = FACTS + (None, (0x0af7651916cd43dd, 0x8448eb211c80319c), 0x00f067aa0ba902b7)
+    line = json.loads(Formatter("json").line(traced))
+    assert line["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert line["span_id"] == "00f067aa0ba902b7"
+    assert Formatter("%TRACE_ID% %span_id%").line(traced) == \
+        "0af7651916cd43dd8448eb211c80319c 00f067aa0ba902b7"
+    assert json.loads(Formatter("json").line(FACTS + (None, None, None)))["trace_id"] is None
+
+
+def test_collector_exports_the_tracing_counters():
+    m = mmap.mmap(-1, stats.segment_size(64, 16))
+    stats.init_segment(m, 64, 16)
+    w = stats.WorkerStats(m)
+    for metric, n in ((7, 3), (8, 40), (9, 2)):
+        w.add(metric, 0, 0, n)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerStatsCollector(WorkerStatsSource(
+        lambda: [stats.read_segment(m)], dict, dict)))
+    text = generate_latest(registry).decode()
+    assert "sidecar_tracing_spans_dropped_total 3.0" in text
+    assert "sidecar_tracing_spans_exported_total 40.0" in text
+    assert "sidecar_tracing_spans_failed_total 2.0" in text
+
+
 def test_label_ids_are_stable_across_configs():
     labels = LabelIds()
     first = labels.assign(load_config_text("routes: [{name: a}, {name: b}]\n"))

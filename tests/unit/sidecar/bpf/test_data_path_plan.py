@@ -89,7 +89,9 @@ def test_iptables_plans_load_only_the_data_path_families():
 
 def _cfg(mode, cgroup=True, **ic):
     lines = ["interception:", "  mode: %s" % mode]
-    if cgroup:
+    if cgroup == "pod":
+        lines.append("  cgroup: pod")
+    elif cgroup:
         lines.append("  cgroup: /sys/fs/cgroup/unified/pod")
     lines += ["  %s: %s" % (k, v) for k, v in ic.items()]
     return load_config_text("\n".join(lines) + "\n")
@@ -104,6 +106,7 @@ def _cfg(mode, cgroup=True, **ic):
     ("iptables", True, {"accelerate_local": "true", "splice": "false"}, True, False, True),
     ("iptables", False, {"splice": "true"}, False, True, True),
     ("iptables", False, {"accelerate_local": "true"}, False, False, False),    # no app cgroup
+    ("ebpf", "pod", {"accelerate_local": "true"}, False, True, True),          # pod: one cgroup
     ("off", False, {"accelerate_local": "true", "splice": "true"}, False, False, False),
 ])
 def test_which_configs_load_the_data_path_programs(mode, cgroup, ic, accel, splice, loader):
@@ -121,6 +124,8 @@ def test_accelerate_local_without_what_it_needs_is_a_warning_not_an_error():
     assert _cfg("off", False, accelerate_local="true").warnings == [
         "interception.accelerate_local (line 3): no effect with interception.mode off (nothing is "
         "intercepted)"]
+    assert [w.split(":")[0] for w in _cfg("ebpf", "pod", accelerate_local="true").warnings] == [
+        "interception.accelerate_local (line 4)"]
 
 
 def test_splice_takes_auto_true_or_false():

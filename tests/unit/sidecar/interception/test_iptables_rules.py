@@ -27,6 +27,15 @@ def test_outbound_chain_skips_loopback_and_excluded_ports_then_redirects():
     assert chain_rules(_plan(), 6)[0] == "-A %s -d ::1/128 -j RETURN" % out
 
 
+def test_pod_mode_outbound_chain_first_returns_the_sidecars_own_cgroup():
+    """The pod's cgroup holds the sidecar's: xt_cgroup matches it and all below it."""
+    plan = _plan(app_cgroup="/kubepods/pod-1", sidecar_cgroup="/kubepods/pod-1/sidecar")
+    out, _ = chain_names(plan.instance)
+    rules = [r for r in chain_rules(plan, 4) if r.startswith("-A %s " % out)]
+    assert rules[0] == "-A %s -m cgroup --path /kubepods/pod-1/sidecar -j RETURN" % out
+    assert rules[1:] == [r for r in chain_rules(_plan(), 4) if r.startswith("-A %s " % out)]
+
+
 def test_inbound_chain_skips_excluded_ports_and_the_listener_then_redirects():
     _, inb = chain_names(_plan().instance)
     rules = [r for r in chain_rules(_plan(), 4) if r.startswith("-A %s " % inb)]
