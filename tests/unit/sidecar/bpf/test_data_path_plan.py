@@ -124,8 +124,8 @@ def test_accelerate_local_without_what_it_needs_is_a_warning_not_an_error():
     assert _cfg("off", False, accelerate_local="true").warnings == [
         "interception.accelerate_local (line 3): no effect with interception.mode off (nothing is "
         "intercepted)"]
-    assert [w.split(":")[0] for w in _cfg("ebpf", "pod", accelerate_local="true").warnings] == [
-        "interception.accelerate_local (line 4)"]
+    pod = [w for w in _cfg("ebpf", "pod", accelerate_local="true").warnings if "accelerate_local" in w]
+    assert len(pod) == 1 and "not with interception.cgroup: pod" in pod[0]
 
 
 def test_splice_takes_auto_true_or_false():
