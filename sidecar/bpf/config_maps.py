@@ -3,16 +3,24 @@ the manager on every reload (ConfigHook), by map writes alone: programs are neve
 for a config change.
 
 Each entry names a pinned map and how a load plan fills it. A new family whose maps take
-config (kernel policy tables) adds its entry here; `sync` does the rest.
+config (kernel policy tables) adds its entry here; `sync` does the rest. A map that the
+programs also write (sc_svc_ports: learned server ports) names the entries config owns
+(`owns(value)`); the others are left alone.
+
+Order matters where one map switches another on: a sync writes every map's new entries
+first (in CONFIG_MAPS order, so the policy's settings come after the tables they refer
+to), then deletes stale entries, so a change never opens a moment where the policy is on
+and its table empty (allow list being cleared) or the reverse.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from sidecar.bpf import syscall
-from sidecar.bpf.layout import MAPS, port_key
+from sidecar.bpf.layout import MAPS, POLICY_CONFIG, PORT_ALLOWED, PORT_SIDECAR, SVC_CONFIGURED, port_key
 from sidecar.bpf.state import maps_dir
 
 PRESENT = b"\x01"
@@ -22,6 +30,7 @@ PRESENT = b"\x01"
 class ConfigMap:
     name: str
     entries: Callable        # entries(plan) -> {key bytes: value bytes}
+    owns: Optional[Callable] = None     # owns(value bytes) -> bool; None: every entry
 
 
 CONFIG_MAPS = (
@@ -40,27 +49,92 @@ def check(plan):
                              % (cm.name, n, spec.max_entries))
 
 
+def _owned_keys(fd, cm) -> set:
+    keys = syscall.map_keys(fd, MAPS[cm.name].key_size)
+    if cm.owns is None:
+        return set(keys)
+    return {k for k in keys if cm.owns(syscall.map_lookup(fd, k) or b"")}
+
+
 def sync(instance_path: str, plan) -> dict:
     """Makes every config map of the instance hold what `plan` says; returns {name:
-    (added, removed)}. New entries are written before stale ones are deleted, so a port
-    that stays excluded is never briefly not excluded. Maps a plan's families did not
-    pin are skipped."""
+    (added, removed)}. New entries (of every map) are written before stale ones are
+    deleted, so a port that stays excluded is never briefly not excluded. Maps a plan's
+    families did not pin are skipped."""
     check(plan)
     changes = {}
-    for cm in CONFIG_MAPS:
-        pin = os.path.join(maps_dir(instance_path), cm.name)
-        if not os.path.exists(pin):
-            continue
-        fd = syscall.obj_get(pin)
-        try:
+    opened = []
+    try:
+        for cm in CONFIG_MAPS:
+            pin = os.path.join(maps_dir(instance_path), cm.name)
+            if not os.path.exists(pin):
+                continue
+            fd = syscall.obj_get(pin)
+            opened.append(fd)
             want = cm.entries(plan)
-            have = set(syscall.map_keys(fd, MAPS[cm.name].key_size))
+            have = _owned_keys(fd, cm)
             for key, value in want.items():
                 syscall.map_update(fd, key, value)
-            stale = have - set(want)
+            changes[cm.name] = (fd, len(set(want) - have), have - set(want))
+        for name, (fd, added, stale) in changes.items():
             for key in stale:
                 syscall.map_delete(fd, key)
-            changes[cm.name] = (len(set(want) - have), len(stale))
-        finally:
+            changes[name] = (added, len(stale))
+    finally:
+        for fd in opened:
             os.close(fd)
     return changes
+
+
+# -- kernel policy (bpf/kernel_policy.c) and the counters' server ports ---------------------
+
+def _deny_entries(plan, trie: str) -> dict:
+    from sidecar.bpf.layout import lpm_key
+    out = {}
+    for cidr in plan.deny_cidrs:
+        name, key = lpm_key(cidr)
+        if name == trie:
+            out[key] = PRESENT
+    return out
+
+
+def _allowed_port_entries(plan) -> dict:
+    """The sidecar's own ports always (tagged: exempt from every port rule), the allow
+    list's when it is set."""
+    out = {port_key(p): bytes([PORT_ALLOWED]) for p in plan.allow_inbound_ports}
+    out.update({port_key(p): bytes([PORT_SIDECAR]) for p in plan.sidecar_ports})
+    return out
+
+
+def _server_port_entries(plan) -> dict:
+    """Configured server ports inside the ephemeral range (below it every local port is
+    taken for a server's anyway: bpf/lib/sidecar_packet.h, sc_service_port)."""
+    return {port_key(p): bytes([SVC_CONFIGURED]) for p in plan.server_ports if p >= plan.ephemeral_low}
+
+
+def syn_limit(plan) -> tuple:
+    """(interval ns, tolerance ns) of kernel.syn_rate_limit: the GCRA form of a token
+    bucket of `burst` SYNs (default: one second's worth, at least 1) refilled at the rate;
+    (0, 0) for no limit."""
+    if not plan.syn_rate:
+        return 0, 0
+    interval = max(1, round(1e9 / plan.syn_rate))
+    burst = plan.syn_burst or max(1, math.ceil(plan.syn_rate))
+    return interval, (burst - 1) * interval
+
+
+def _policy_settings(plan) -> dict:
+    interval, tolerance = syn_limit(plan)
+    value = POLICY_CONFIG.pack(interval, tolerance, 1 if plan.allow_inbound_ports else 0,
+                               len(_deny_entries(plan, "sc_deny4")), len(_deny_entries(plan, "sc_deny6")), 0)
+    return {(0).to_bytes(4, "little"): value}
+
+
+CONFIG_MAPS += (
+    ConfigMap("sc_deny4", lambda plan: _deny_entries(plan, "sc_deny4")),
+    ConfigMap("sc_deny6", lambda plan: _deny_entries(plan, "sc_deny6")),
+    ConfigMap("sc_allow_in", _allowed_port_entries),
+    ConfigMap("sc_svc_ports", _server_port_entries, owns=lambda value: value[:1] == bytes([SVC_CONFIGURED])),
+    # Last: the settings that switch the rules on refer to the tables above.
+    ConfigMap("sc_policy_cfg", _policy_settings),
+)

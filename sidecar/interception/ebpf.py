@@ -21,7 +21,8 @@ from sidecar.bpf import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, config_maps
 from sidecar.bpf.cleanup import InstanceInUse, cleanup_instance
 from sidecar.bpf.programs import plan_from_config, wanted_families
 from sidecar.bpf.state import (
-    default_instance, instance_dir, links_dir, read_counters, read_links, read_owner, read_port_set)
+    default_instance, instance_dir, kernel_tables, links_dir, maps_dir, read_counters, read_links,
+    read_owner, read_port_set)
 from sidecar.interception import Interception, InterceptionHook
 
 log = logging.getLogger("sidecar.interception.ebpf")
@@ -39,6 +40,15 @@ class EbpfInterception(Interception):
         self.hook = InterceptionHook(self)
         self.loader = None            # the loader's report: timings, peak RSS, wall time
         self.expected_links = []
+
+    def register(self, manager):
+        """Also the collectors of the kernel's traffic and drop counters, when the plan
+        loads them (an interface to count on)."""
+        super().register(manager)
+        if self.cfg.interception.interface is not None:
+            from sidecar.metrics.kernel_traffic import KernelDropsCollector, KernelTrafficCollector
+            manager.kernel_collectors += [KernelTrafficCollector(maps_dir(self.path)),
+                                          KernelDropsCollector(maps_dir(self.path))]
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -139,6 +149,7 @@ class EbpfInterception(Interception):
             out["counters"] = read_counters(self.path)
             out["exclusions"] = {"outbound": read_port_set(self.path, "sc_excl_out"),
                                  "inbound": read_port_set(self.path, "sc_excl_in")}
+            out.update(kernel_tables(self.path))
         except OSError as e:
             out["error"] = str(e)
         return out
