@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import require_privileges
 from tests.support.cgroups import Cgroup
-from tests.support.kernel_metrics import traffic, wait_for
+from tests.support.kernel_metrics import scrape_text, traffic, wait_for
 from tests.support.netns import (
     ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
 
@@ -291,3 +291,16 @@ def _tcp_exchange_ok(host):
             if not chunk:
                 return got
             got += chunk
+
+
+def test_the_dashboards_kernel_panels_query_exported_metrics(pods):
+    """Every kernel metric the Grafana dashboard asks for is in an ebpf sidecar's scrape
+    (the acceleration gauge comes with local-hop acceleration, not loaded here)."""
+    import re
+    from sidecar.metrics import KERNEL_METRIC_NAMES
+    from tests.integration.test_dashboard_queries import dashboard_queries, exported_names
+    _, exprs = dashboard_queries()
+    used = {n for e in exprs for n in re.findall(r"\b(sidecar_kernel_[a-z0-9_]+)\b", e)}
+    assert used <= set(KERNEL_METRIC_NAMES)
+    exported = exported_names(scrape_text(pods["sidecar"]))
+    assert sorted(used - exported - {"sidecar_kernel_accelerated_sockets"}) == []

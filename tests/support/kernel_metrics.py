@@ -16,11 +16,17 @@ def _get(host, port):
         c.close()
 
 
-def scrape(sc):
-    """{sample name: [(labels dict, value)]} of one scrape of `sc`."""
+def scrape_text(sc):
+    """The exposition text of one scrape of `sc`."""
     host, _, port = sc.config["telemetry"]["metrics"]["listen"].rpartition(":")
     status, text = sc.ns.call(_get, host.strip("[]"), int(port))
     assert status == 200, text
+    return text
+
+
+def scrape(sc):
+    """{sample name: [(labels dict, value)]} of one scrape of `sc`."""
+    text = scrape_text(sc)
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
