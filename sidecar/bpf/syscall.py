@@ -14,7 +14,7 @@ __all__ = [
     "link_create", "link_detach", "prog_info", "map_info", "link_info", "object_kind",
     "fdinfo", "possible_cpus", "prog_get_fd_by_id", "sum_percpu_u64",
     "BPF_MAP_TYPE_ARRAY", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_PERCPU_ARRAY",
-    "map_items", "tcx_program_ids", "BPF_F_BEFORE",
+    "map_items", "tcx_program_ids", "prog_test_run", "BPF_F_BEFORE",
 ]
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}.get(platform.machine(), 321)
@@ -289,3 +289,20 @@ def tcx_program_ids(ifindex, attach_type):
                                        (16, "Q", ctypes.addressof(ids)), (24, "I", 64)))
     count = struct.unpack_from("I", buf.raw, 24)[0]
     return list(ids[:count])
+
+
+BPF_PROG_TEST_RUN = 10
+
+
+def prog_test_run(prog_fd, data, repeat=1):
+    """Runs a loaded program on `data` (for a TC program: an Ethernet frame) `repeat` times
+    in the kernel, without attaching it (BPF_PROG_TEST_RUN); (its return value, the mean
+    run time in ns). Its map writes are real: run it on an instance of your own."""
+    buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    buf_out = ctypes.create_string_buffer(len(data) + 256)
+    _, buf = _bpf(BPF_PROG_TEST_RUN, _attr((0, "I", prog_fd), (8, "I", len(data)),
+                                          (12, "I", len(buf_out)), (16, "Q", _addr(buf_in)),
+                                          (24, "Q", _addr(buf_out)), (32, "I", repeat)))
+    retval, = struct.unpack_from("I", buf.raw, 4)
+    duration, = struct.unpack_from("I", buf.raw, 36)
+    return struct.unpack("i", struct.pack("I", retval))[0], duration
