@@ -20,6 +20,7 @@ bench: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.kernel_counters
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)

@@ -415,15 +415,17 @@ def _check_kernel(values, given, path, ctx):
 
 
 KERNEL = Section([
-    Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")), "dropped in the kernel"),
-    Field("allow_inbound_ports", ListOf(PORT), "default: all ports allowed"),
+    Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")),
+          "every packet from these sources (IPv4, IPv6) is dropped in the kernel"),
+    Field("allow_inbound_ports", ListOf(PORT), "new inbound TCP connections and UDP datagrams "
+          "reach only these pod ports (default: all ports); the sidecar's own ports always do"),
     Field("syn_rate_limit", Section([
         Field("per_source", RATE, "SYNs per second per source address (IPv6: per /64; "
               "default: no limit)", attr="syn_rate_limit"),
         Field("burst", Int(1, 1_000_000), "SYNs a source may send at once before the rate "
               "applies (default: one second's worth of the rate, at least 1)", attr="syn_burst"),
     ]), flatten=True),
-], KernelPolicy, check=_check_kernel)
+], KernelPolicy, check=_check_kernel, doc="L3/L4 policy enforced at the pod interface (ebpf mode)")
 
 
 def _check_tls(values, given, path, ctx):
