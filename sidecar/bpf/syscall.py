@@ -14,7 +14,7 @@ __all__ = [
     "link_create", "link_detach", "prog_info", "map_info", "link_info", "object_kind",
     "fdinfo", "possible_cpus", "prog_get_fd_by_id", "sum_percpu_u64",
     "BPF_MAP_TYPE_ARRAY", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_PERCPU_ARRAY",
-    "map_items", "tcx_program_ids", "prog_test_run", "BPF_F_BEFORE",
+    "map_items", "tcx_program_ids", "prog_test_run", "prog_load", "BPF_F_BEFORE",
 ]
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}.get(platform.machine(), 321)
@@ -306,3 +306,17 @@ def prog_test_run(prog_fd, data, repeat=1):
     retval, = struct.unpack_from("I", buf.raw, 4)
     duration, = struct.unpack_from("I", buf.raw, 36)
     return struct.unpack("i", struct.pack("I", retval))[0], duration
+
+
+BPF_PROG_LOAD = 5
+
+
+def prog_load(prog_type, insns: bytes, name=b"", license=b"GPL"):
+    """Loads raw eBPF instructions (8 bytes each) as a program of `prog_type`; its fd.
+    For tiny fixed programs (a benchmark's empty baseline): everything real goes
+    through bcc in the loader."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license)
+    fd, _ = _bpf(BPF_PROG_LOAD, _attr((0, "I", prog_type), (4, "I", len(insns) // 8), (8, "Q", _addr(code)),
+                                      (16, "Q", _addr(lic)), (48, "16s", name[:15])))
+    return fd
