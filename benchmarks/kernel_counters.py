@@ -11,6 +11,8 @@ sidecar's interface programs on BOTH pods' interfaces, as two sidecars in a mesh
     +counters               the same plus the traffic counters (ebpf mode's default)
     +counters+tables        and a full policy: 1000 deny CIDRs, an allow list, a SYN
                             limit (too high to drop anything: every rule is evaluated)
+    +counters x8            +counters with 7 more copies of each counter program: its cost
+                            made 8 times larger, to stand out of a shared machine's noise
 
 Loads: wrk against nginx (0-byte responses) with 32 connections and with 1; bulk TCP
 (loadgen tcp-send, 2 connections). Rows run in interleaved rounds, rotated each round; the
@@ -54,6 +56,7 @@ from sidecar.bpf.state import instance_dir, read_links, read_maps
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 CGROUP_FAMILIES = ["redirect_connect", "original_dst_getsockopt"]   # not what is measured here
+AMPLIFY = 8
 DENY_CIDRS = ["198.%d.%d.0/24" % (18 + i // 256, i % 256) for i in range(1000)]
 ROWS = {
     "none": None,
@@ -61,6 +64,10 @@ ROWS = {
     "+counters": {"skip_families": CGROUP_FAMILIES},
     "+counters+tables": {"skip_families": CGROUP_FAMILIES, "deny_cidrs": DENY_CIDRS,
                          "allow_inbound_ports": [APP_PORT, TCP_PORT], "syn_rate": 1e6},
+    # +counters with AMPLIFY - 1 more copies of each counter program on each hook: the
+    # counters' cost made AMPLIFY times larger, so that it stands out of a shared
+    # machine's noise ((1 - ratio) / (AMPLIFY - 1) is one copy's share of throughput).
+    "+counters x%d" % AMPLIFY: {"skip_families": CGROUP_FAMILIES},
 }
 LOADS = {
     "http-c32": {"kind": "http", "connections": 32, "threads": 2},
@@ -74,23 +81,50 @@ REPEAT = 1_000_000
 class Row:
     def __init__(self, name, workdir, binary):
         self.name = name
-        self.mesh = Mesh(workdir / name.replace("+", "plus-"))
+        self.mesh = Mesh(workdir / name.replace("+", "plus-").replace(" ", "-"))
         self.binary = binary
         self.instances = []
+        self.extra = []             # fds of the amplifying copies' programs and links
 
     def build(self):
         self.mesh.build()
         proxies.start_app(self.mesh, self.binary)
         if ROWS[self.name] is not None:
             for pod in (self.mesh.client, self.mesh.server):
-                self.instances.append(load_programs(pod, "bench-kc-%s-%s" % (self.mesh.tag, pod.role[0]),
-                                                    ROWS[self.name]))
+                instance = "bench-kc-%s-%s" % (self.mesh.tag, pod.role[0])
+                self.instances.append(load_programs(pod, instance, ROWS[self.name]))
+                if self.name.endswith("x%d" % AMPLIFY):
+                    self.extra += attach_counter_copies(pod, instance, AMPLIFY - 1)
         return self
 
     def close(self):
+        for fd in self.extra:       # unpinned links: closing the last fd detaches them
+            os.close(fd)
         for name in self.instances:
             cleanup_instance(name, owner_pid=os.getpid(), force=True)
         self.mesh.close()
+
+
+def attach_counter_copies(pod, instance, copies):
+    """`copies` more sc_count_in/sc_count_out programs on `pod`'s interface, compiled
+    from bpf/traffic_counters.c against the instance's maps and attached with links that
+    are never pinned (they go when this process closes them, or exits); their fds."""
+    from bcc import BPF
+    from sidecar.bpf.layout import AttachType, ProgType
+    from sidecar.bpf.programs import BPF_DIR, cflags_for
+    from sidecar.bpf.state import maps_dir
+    plan = Plan(instance=instance, app_cgroup="", interface=pod.dev, outbound=("127.0.0.1", 15001),
+                inbound_port=15006, fail_open=True)
+    flags = cflags_for(plan, maps_dir(instance_dir(instance)))
+    fds = []
+    ifindex = pod.call(lambda: __import__("socket").if_nametoindex(pod.dev))
+    for _ in range(copies):
+        module = BPF(src_file=os.path.join(BPF_DIR, "traffic_counters.c").encode(), cflags=flags)
+        for function, attach in (("sc_count_in", AttachType.TCX_INGRESS), ("sc_count_out", AttachType.TCX_EGRESS)):
+            prog = module.load_func(function.encode(), ProgType.SCHED_CLS)
+            fds.append(os.dup(prog.fd))
+            fds.append(pod.call(syscall.link_create, prog.fd, ifindex, attach))
+    return fds
 
 
 def load_programs(pod, instance, overrides):
@@ -166,7 +200,8 @@ def per_packet_costs(row_plain, row_tables):
         ("sc_policy: TCP SYN, deny + allow list + SYN limit", row_tables, "sc_policy", syn),
         ("sc_inbound (steering, for scale): TCP ACK", row_plain, "sc_inbound", ack),
     ]
-    out = {"empty program (the harness's own time, subtracted below)": empty_program_ns(row_plain, ack)}
+    empty = "empty program (the harness's own time, subtracted below)"
+    out = {empty: []}
     for label, row, function, frame in cases:
         instance = next(i for i in row.instances if i.endswith("-s"))
         link = next(l for l in read_links(instance_dir(instance)) if l["function"] == function)
@@ -176,7 +211,10 @@ def per_packet_costs(row_plain, row_tables):
             _, ns = row.mesh.server.call(syscall.prog_test_run, fd, frame, REPEAT)
         finally:
             os.close(fd)
-        out[label] = ns - out["empty program (the harness's own time, subtracted below)"]
+        baseline = empty_program_ns(row, frame)          # measured next to each case
+        out[empty].append(baseline)
+        out[label] = ns - baseline
+    out[empty] = statistics.median(out[empty])
     return out
 
 
@@ -247,6 +285,10 @@ def ratios(rounds, summary, per_packet=None):
         tables = _paired(rounds, load, "+counters+tables", num)
         if tables:
             entry["policy_tables_ratio"] = round(statistics.median(tables), 4)
+        amplified = _paired(rounds, load, "+counters x%d" % AMPLIFY, num)
+        if amplified:
+            entry["amplified_ratio"] = round(statistics.median(amplified), 4)
+            entry["one_copy_throughput_cost"] = round((1 - entry["amplified_ratio"]) / (AMPLIFY - 1), 4)
         row = summary[load].get(num, {})
         per = "us_per_req" if LOADS[load]["kind"] == "http" else "ms_per_gb"
         runs, cpu = row.get("counter_runs_per_unit"), row.get("pods_cpu_" + per)
@@ -286,6 +328,9 @@ def render(doc):
             text += "; counters %.2f%% of the pods' CPU (%.4g runs per %s)" % (
                 100 * r["derived_cpu_share"], r["counter_runs_per_unit"], unit)
         text += "; throughput ratio %.3f (%.3f-%.3f over %d rounds)" % (r["ratio"], r["min"], r["max"], r["rounds"])
+        if "amplified_ratio" in r:
+            text += "; with %d copies of the counters %.3f of +counters' throughput, so one copy costs %.2f%%" % (
+                AMPLIFY, r["amplified_ratio"], 100 * r["one_copy_throughput_cost"])
         if "policy_tables_ratio" in r:
             text += "; full policy tables / +counters %.3f" % r["policy_tables_ratio"]
         lines.append(text)
