@@ -195,6 +195,8 @@ def per_packet_costs(row_plain, row_tables):
         ("sc_count_in: TCP ACK, existing label set", row_plain, "sc_count_in", ack),
         ("sc_count_out: 1448-byte TCP segment, existing label set", row_plain, "sc_count_out", data_out),
         ("sc_count_in: IPv6 with an extension header", row_plain, "sc_count_in", ack6),
+        ("sc_count_in: reply to the pod's own connection (ephemeral local port)", row_plain,
+         "sc_count_in", pk.ipv4(client, server, pk.TCP, pk.tcp_header(9080, 40002, pk.ACK) + b"z" * 100)),
         ("sc_policy: TCP ACK, no policy", row_plain, "sc_policy", ack),
         ("sc_policy: TCP ACK, 1000 deny CIDRs", row_tables, "sc_policy", ack),
         ("sc_policy: TCP SYN, deny + allow list + SYN limit", row_tables, "sc_policy", syn),

@@ -64,7 +64,13 @@ static __always_inline int sc_denied(const struct sc_packet *pkt,
 /* Whether the pod serves on local port `port` (sc_service_port's rule). */
 static __always_inline int sc_local_port_serves(__u16 port)
 {
-    return port < SC_EPHEMERAL_LOW || sc_svc_ports.lookup(&port) != NULL;
+    __u32 word = port >> 6;
+    __u64 *bits;
+
+    if (port < SC_EPHEMERAL_LOW)
+        return 1;
+    bits = sc_svc_ports.lookup(&word);
+    return bits && ((*bits >> (port & 63)) & 1);
 }
 
 /* GCRA: `tat` is when the source's bucket would be full again; a SYN is admitted while

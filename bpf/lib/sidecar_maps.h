@@ -55,10 +55,10 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, sc_counters, SC_CNT_MAX, SC_PIN(s
  * sidecar/metrics/kernel_traffic.py). Memory: 4096 x (value 16 B x possible CPUs + about
  * 100 B of key and element), about 0.5 MB on 2 CPUs, 8.8 MB on 128. */
 #define SC_TRAFFIC_MAX 4096
-/* Local ports the pod serves on inside its ephemeral range (learned from the SYN-ACKs it
- * sends, or listed in config): real listeners only, so a few dozen at most; LRU so that a
- * pod opening listeners on fresh ports never runs out of room. */
-#define SC_SVC_PORTS_MAX 1024
+/* Local ports the pod serves on (learned from the SYN-ACKs it sends, or listed in config),
+ * as a bitmap of all 65536 ports: one array word per 64 ports, 8 KiB, so a lookup is an
+ * array index (no hashing on the per-packet path) and nothing is ever evicted. */
+#define SC_SVC_PORT_WORDS 1024
 /* kernel.deny_cidrs, per family. */
 #define SC_DENY_CIDRS_MAX 1024
 /* SYN token buckets, one per source address (IPv6: per /64, what one host can hold).
@@ -104,19 +104,18 @@ struct sc_lpm6_key {
     __u32 addr[4];            /* network order */
 };
 
-/* Values of sc_allow_in and sc_svc_ports. */
-#define SC_PORT_ALLOWED 1     /* sc_allow_in: in kernel.allow_inbound_ports */
-#define SC_PORT_SIDECAR 2     /* sc_allow_in: a sidecar port: always allowed, never SYN-limited */
-#define SC_SVC_LEARNED 1      /* sc_svc_ports: the pod sent a SYN-ACK from it */
-#define SC_SVC_CONFIGURED 2   /* sc_svc_ports: written from config */
+/* Values of sc_allow_in. */
+#define SC_PORT_ALLOWED 1     /* in kernel.allow_inbound_ports */
+#define SC_PORT_SIDECAR 2     /* a sidecar port: always allowed, never SYN-limited */
 
 /* (direction, peer, service port, protocol) -> bytes and packets, per CPU */
 BPF_TABLE_PINNED("lru_percpu_hash", struct sc_traffic_key, struct sc_traffic_value, sc_traffic,
                  SC_TRAFFIC_MAX, SC_PIN(sc_traffic));
 /* enum sc_drop_reason -> dropped packets, per CPU */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, sc_drops, SC_DROP_MAX, SC_PIN(sc_drops));
-/* host-order local port -> SC_SVC_*: server ports inside the ephemeral range */
-BPF_TABLE_PINNED("lru_hash", __u16, __u8, sc_svc_ports, SC_SVC_PORTS_MAX, SC_PIN(sc_svc_ports));
+/* port / 64 -> bit port % 64 set: the pod serves on that local port (only ports inside
+ * the ephemeral range are ever looked up: below it every local port is a server's) */
+BPF_TABLE_PINNED("array", __u32, __u64, sc_svc_ports, SC_SVC_PORT_WORDS, SC_PIN(sc_svc_ports));
 /* kernel.deny_cidrs; LPM tries must be created without preallocation */
 BPF_TABLE_PINNED("lpm_trie", struct sc_lpm4_key, __u8, sc_deny4, SC_DENY_CIDRS_MAX,
                  SC_PIN(sc_deny4), BPF_F_NO_PREALLOC);

@@ -4,8 +4,8 @@ for a config change.
 
 Each entry names a pinned map and how a load plan fills it. A new family whose maps take
 config (kernel policy tables) adds its entry here; `sync` does the rest. A map that the
-programs also write (sc_svc_ports: learned server ports) names the entries config owns
-(`owns(value)`); the others are left alone.
+programs also write (sc_svc_ports: a bitmap of server ports, learned ones among them)
+merges config into what is there (`merge`) and owns nothing to delete.
 
 Order matters where one map switches another on: a sync writes every map's new entries
 first (in CONFIG_MAPS order, so the policy's settings come after the tables they refer
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from sidecar.bpf import syscall
-from sidecar.bpf.layout import MAPS, POLICY_CONFIG, PORT_ALLOWED, PORT_SIDECAR, SVC_CONFIGURED, port_key
+from sidecar.bpf.layout import MAPS, POLICY_CONFIG, PORT_ALLOWED, PORT_SIDECAR, port_bitmap, port_key
 from sidecar.bpf.state import maps_dir
 
 PRESENT = b"\x01"
@@ -31,6 +32,7 @@ class ConfigMap:
     name: str
     entries: Callable        # entries(plan) -> {key bytes: value bytes}
     owns: Optional[Callable] = None     # owns(value bytes) -> bool; None: every entry
+    merge: Optional[Callable] = None    # merge(current value bytes, wanted) -> value to write
 
 
 CONFIG_MAPS = (
@@ -74,6 +76,8 @@ def sync(instance_path: str, plan) -> dict:
             want = cm.entries(plan)
             have = _owned_keys(fd, cm)
             for key, value in want.items():
+                if cm.merge is not None:
+                    value = cm.merge(syscall.map_lookup(fd, key) or bytes(len(value)), value)
                 syscall.map_update(fd, key, value)
             changes[cm.name] = (fd, len(set(want) - have), have - set(want))
         for name, (fd, added, stale) in changes.items():
@@ -106,10 +110,17 @@ def _allowed_port_entries(plan) -> dict:
     return out
 
 
-def _server_port_entries(plan) -> dict:
+def _server_port_words(plan) -> dict:
     """Configured server ports inside the ephemeral range (below it every local port is
-    taken for a server's anyway: bpf/lib/sidecar_packet.h, sc_service_port)."""
-    return {port_key(p): bytes([SVC_CONFIGURED]) for p in plan.server_ports if p >= plan.ephemeral_low}
+    taken for a server's anyway: bpf/lib/sidecar_packet.h, sc_service_port), as bitmap
+    words. ORed into what the counters have learned; a port once a server port stays
+    one for the instance's life (it only names labels and which UDP the allow list
+    judges)."""
+    return port_bitmap(p for p in plan.server_ports if p >= plan.ephemeral_low)
+
+
+def _or_words(current: bytes, wanted: bytes) -> bytes:
+    return struct.pack("=Q", struct.unpack("=Q", current[:8])[0] | struct.unpack("=Q", wanted[:8])[0])
 
 
 def syn_limit(plan) -> tuple:
@@ -134,7 +145,7 @@ CONFIG_MAPS += (
     ConfigMap("sc_deny4", lambda plan: _deny_entries(plan, "sc_deny4")),
     ConfigMap("sc_deny6", lambda plan: _deny_entries(plan, "sc_deny6")),
     ConfigMap("sc_allow_in", _allowed_port_entries),
-    ConfigMap("sc_svc_ports", _server_port_entries, owns=lambda value: value[:1] == bytes([SVC_CONFIGURED])),
+    ConfigMap("sc_svc_ports", _server_port_words, owns=lambda value: False, merge=_or_words),
     # Last: the settings that switch the rules on refer to the tables above.
     ConfigMap("sc_policy_cfg", _policy_settings),
 )

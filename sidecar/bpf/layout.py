@@ -115,13 +115,12 @@ SYN_BUCKET_VALUE = struct.Struct("=Q")    # the source's GCRA theoretical arriva
 
 DIRECTIONS = ("inbound", "outbound")      # SC_DIR_INBOUND (received), SC_DIR_OUTBOUND (sent)
 PORT_ALLOWED, PORT_SIDECAR = 1, 2         # sc_allow_in values
-SVC_LEARNED, SVC_CONFIGURED = 1, 2        # sc_svc_ports values
 
 MAPS.update({m.name: m for m in (
     MapSpec("sc_traffic", "bytes and packets by direction, peer, port, protocol (per CPU)",
             TRAFFIC_KEY.size, TRAFFIC_VALUE.size, 4096),
     MapSpec("sc_drops", "dropped packets by reason (per CPU)", 4, 8, 5),
-    MapSpec("sc_svc_ports", "server ports of the pod in its ephemeral range", 2, 1, 1024),
+    MapSpec("sc_svc_ports", "server ports of the pod (a bitmap, 64 ports a word)", 4, 8, 1024),
     MapSpec("sc_deny4", "kernel.deny_cidrs (IPv4)", LPM4_KEY.size, 1, 1024),
     MapSpec("sc_deny6", "kernel.deny_cidrs (IPv6)", LPM6_KEY.size, 1, 1024),
     MapSpec("sc_allow_in", "kernel.allow_inbound_ports and the sidecar's ports", 2, 1, 256),
@@ -141,6 +140,23 @@ DROP_REASONS = (
 assert len(DROP_REASONS) == MAPS["sc_drops"].max_entries    # SC_DROP_MAX
 
 PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+
+
+def port_bitmap(ports) -> dict:
+    """{word key bytes: word value bytes} of sc_svc_ports with `ports` set."""
+    words = {}
+    for port in ports:
+        words[port >> 6] = words.get(port >> 6, 0) | (1 << (port & 63))
+    return {struct.pack("=I", w): struct.pack("=Q", v) for w, v in sorted(words.items())}
+
+
+def bitmap_ports(items) -> list:
+    """The ports set in [(word key bytes, word value bytes)] of sc_svc_ports."""
+    out = []
+    for key, value in items:
+        word, bits = struct.unpack("=I", key[:4])[0], struct.unpack("=Q", value[:8])[0]
+        out += [word * 64 + b for b in range(64) if bits >> b & 1]
+    return sorted(out)
 
 
 def protocol_name(number: int) -> str:

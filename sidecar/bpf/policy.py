@@ -7,7 +7,7 @@ import os
 
 from sidecar.bpf import syscall
 from sidecar.bpf.layout import (
-    MAPS, POLICY_CONFIG, PORT_SIDECAR, SVC_CONFIGURED, unpack_lpm_key)
+    MAPS, POLICY_CONFIG, PORT_SIDECAR, bitmap_ports, unpack_lpm_key)
 
 __all__ = ["read_policy"]
 
@@ -21,8 +21,9 @@ def _open(map_dir, name):
 
 def read_policy(map_dir: str) -> dict:
     """{"deny_cidrs", "allow_inbound_ports" (None: all allowed), "always_allowed_ports",
-    "syn_rate_limit" ({"interval_ns", "burst"} or None), "server_ports" ({"learned",
-    "configured"}), "syn_sources" (buckets in use)}; {} when the policy is not loaded."""
+    "syn_rate_limit" ({"per_second", "burst"} or None), "server_ports" (those in the
+    ephemeral range the pod serves on, learned or configured), "syn_sources" (buckets in
+    use)}; {} when the policy is not loaded."""
     fd = _open(map_dir, "sc_policy_cfg")
     if fd is None:
         return {}
@@ -32,8 +33,7 @@ def read_policy(map_dir: str) -> dict:
         os.close(fd)
     interval, tolerance, allow_ports, _, _, _ = POLICY_CONFIG.unpack(raw[:POLICY_CONFIG.size])
     out = {"deny_cidrs": [], "allow_inbound_ports": None, "always_allowed_ports": [],
-           "syn_rate_limit": None, "server_ports": {"learned": [], "configured": []},
-           "syn_sources": 0}
+           "syn_rate_limit": None, "server_ports": [], "syn_sources": 0}
     if interval:
         out["syn_rate_limit"] = {"per_second": round(1e9 / interval, 3),
                                  "burst": tolerance // interval + 1}
@@ -44,23 +44,24 @@ def read_policy(map_dir: str) -> dict:
                 out["deny_cidrs"] += sorted(unpack_lpm_key(k) for k in syscall.map_keys(fd, MAPS[name].key_size))
             finally:
                 os.close(fd)
-    for name, split in (("sc_allow_in", lambda v: v == PORT_SIDECAR),
-                        ("sc_svc_ports", lambda v: v == SVC_CONFIGURED)):
-        fd = _open(map_dir, name)
-        if fd is None:
-            continue
+    fd = _open(map_dir, "sc_allow_in")
+    if fd is not None:
         try:
-            yes, no = [], []
+            own, allowed = [], []
             for key, value in syscall.map_items(fd, 2):
-                (yes if split(value[0]) else no).append(int.from_bytes(key, "little"))
+                (own if value[0] == PORT_SIDECAR else allowed).append(int.from_bytes(key, "little"))
         finally:
             os.close(fd)
-        if name == "sc_allow_in":
-            out["always_allowed_ports"] = sorted(yes)
-            if allow_ports:
-                out["allow_inbound_ports"] = sorted(no)
-        else:
-            out["server_ports"] = {"configured": sorted(yes), "learned": sorted(no)}
+        out["always_allowed_ports"] = sorted(own)
+        if allow_ports:
+            out["allow_inbound_ports"] = sorted(allowed)
+    fd = _open(map_dir, "sc_svc_ports")
+    if fd is not None:
+        try:
+            words = syscall.map_items(fd, 4)
+        finally:
+            os.close(fd)
+        out["server_ports"] = bitmap_ports((k, v) for k, v in words if v and any(v))
     fd = _open(map_dir, "sc_syn_bucket")
     if fd is not None:
         try:

@@ -16,7 +16,7 @@ from sidecar.bpf.state import instance_dir, maps_dir
 MAP_TYPES = {
     "sc_traffic": (syscall.BPF_MAP_TYPE_LRU_PERCPU_HASH, 0),
     "sc_drops": (syscall.BPF_MAP_TYPE_PERCPU_ARRAY, 0),
-    "sc_svc_ports": (syscall.BPF_MAP_TYPE_LRU_HASH, 0),
+    "sc_svc_ports": (syscall.BPF_MAP_TYPE_ARRAY, 0),
     "sc_deny4": (syscall.BPF_MAP_TYPE_LPM_TRIE, syscall.BPF_F_NO_PREALLOC),
     "sc_deny6": (syscall.BPF_MAP_TYPE_LPM_TRIE, syscall.BPF_F_NO_PREALLOC),
     "sc_allow_in": (syscall.BPF_MAP_TYPE_HASH, 0),

@@ -8,7 +8,7 @@ import pytest
 
 from sidecar.bpf import config_maps, syscall
 from sidecar.bpf.layout import (
-    LPM4_KEY, POLICY_CONFIG, PORT_ALLOWED, PORT_SIDECAR, SVC_CONFIGURED, SVC_LEARNED, lpm_key, port_key)
+    LPM4_KEY, POLICY_CONFIG, PORT_ALLOWED, PORT_SIDECAR, bitmap_ports, lpm_key, port_bitmap, port_key)
 from sidecar.bpf.policy import read_policy
 from sidecar.bpf.programs import Plan, plan_from_config
 from sidecar.config import load_config
@@ -65,7 +65,7 @@ def test_deny_cidrs_go_to_the_trie_of_their_family():
 
 def test_configured_server_ports_are_only_those_in_the_ephemeral_range():
     plan = _plan(server_ports=[5432, 8080, 40000, 50051], ephemeral_low=32768)
-    assert set(_entries("sc_svc_ports", plan)) == {port_key(40000), port_key(50051)}
+    assert bitmap_ports(_entries("sc_svc_ports", plan).items()) == [40000, 50051]
 
 
 def test_a_plan_too_large_for_a_table_is_refused_before_anything_is_written():
@@ -113,20 +113,20 @@ def test_sync_writes_the_policy_and_reads_back_the_same(maps):
     assert policy["allow_inbound_ports"] == [8080]
     assert policy["always_allowed_ports"] == [15000, 15021, 15090]
     assert policy["syn_rate_limit"] == {"per_second": 10.0, "burst": 5}
-    assert policy["server_ports"] == {"configured": [40000], "learned": []}
+    assert policy["server_ports"] == [40000]
 
 
 def test_sync_removes_what_config_dropped_and_leaves_learned_ports_alone(maps):
     path = os.path.dirname(maps.dir)
     config_maps.sync(path, _plan(deny_cidrs=["203.0.113.0/24"], allow_inbound_ports=[8080],
                                  server_ports=[40000]))
-    # the counters program learned a server port on its own
-    syscall.map_update(maps.fds["sc_svc_ports"], port_key(45000), bytes([SVC_LEARNED]))
-    changes = config_maps.sync(path, _plan())
-    assert changes["sc_deny4"] == (0, 1) and changes["sc_svc_ports"] == (0, 1)
+    # the counters program learned a server port in the same bitmap word
+    (key, value), = port_bitmap([40000, 40001]).items()
+    syscall.map_update(maps.fds["sc_svc_ports"], key, value)
+    changes = config_maps.sync(path, _plan(server_ports=[40005]))
+    assert changes["sc_deny4"] == (0, 1)
     policy = read_policy(maps.dir)
     assert policy["deny_cidrs"] == [] and policy["allow_inbound_ports"] is None
     assert policy["syn_rate_limit"] is None
-    assert policy["server_ports"] == {"configured": [], "learned": [45000]}
-    assert syscall.map_lookup(maps.fds["sc_svc_ports"], port_key(45000)) == bytes([SVC_LEARNED])
-    assert SVC_CONFIGURED != SVC_LEARNED
+    # merged, never cleared: learned ports and ports once configured stay server ports
+    assert policy["server_ports"] == [40000, 40001, 40005]

@@ -110,8 +110,8 @@ def test_interception_counters_mirror_their_table():
 
 def test_map_sizes_mirror_the_header():
     text = _header("sidecar_maps.h")
-    defines = {n: int(v) for n, v in re.findall(r"#define (SC_\w+_MAX) (\d+)", text)}
-    for name, define in (("sc_traffic", "SC_TRAFFIC_MAX"), ("sc_svc_ports", "SC_SVC_PORTS_MAX"),
+    defines = {n: int(v) for n, v in re.findall(r"#define (SC_\w+_(?:MAX|WORDS)) (\d+)", text)}
+    for name, define in (("sc_traffic", "SC_TRAFFIC_MAX"), ("sc_svc_ports", "SC_SVC_PORT_WORDS"),
                          ("sc_deny4", "SC_DENY_CIDRS_MAX"), ("sc_deny6", "SC_DENY_CIDRS_MAX"),
                          ("sc_syn_bucket", "SC_SYN_SOURCES_MAX"), ("sc_allow_in", "SC_PORT_SET_MAX"),
                          ("sc_orig_tuple", "SC_ORIG_TUPLE_MAX"), ("sc_orig_cookie", "SC_ORIG_COOKIE_MAX")):
@@ -150,3 +150,12 @@ def test_lpm_keys_round_trip(cidr, trie):
 
 def test_protocol_labels_are_bounded_names_or_numbers():
     assert [protocol_name(n) for n in (6, 17, 1, 58, 47)] == ["tcp", "udp", "icmp", "icmpv6", "47"]
+
+
+def test_server_ports_are_a_bitmap_of_every_port():
+    from sidecar.bpf.layout import bitmap_ports, port_bitmap
+    words = port_bitmap([0, 63, 64, 45000, 65535])
+    assert MAPS["sc_svc_ports"].max_entries * 64 == 65536
+    assert list(words)[0] == (0).to_bytes(4, "little")
+    assert words[(0).to_bytes(4, "little")] == ((1 << 0) | (1 << 63)).to_bytes(8, "little")
+    assert bitmap_ports(words.items()) == [0, 63, 64, 45000, 65535]
