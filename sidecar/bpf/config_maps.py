@@ -33,6 +33,7 @@ class ConfigMap:
     entries: Callable        # entries(plan) -> {key bytes: value bytes}
     owns: Optional[Callable] = None     # owns(value bytes) -> bool; None: every entry
     merge: Optional[Callable] = None    # merge(current value bytes, wanted) -> value to write
+    what: Optional[str] = None          # the config it holds, for the refusal's reason
 
 
 CONFIG_MAPS = (
@@ -47,8 +48,8 @@ def check(plan):
         spec = MAPS[cm.name]
         n = len(cm.entries(plan))
         if n > spec.max_entries:
-            raise ValueError("%s: %d entries, the kernel map holds at most %d"
-                             % (cm.name, n, spec.max_entries))
+            raise ValueError("%s: %d entries, the kernel map %s holds at most %d"
+                             % (cm.what or cm.name, n, cm.name, spec.max_entries))
 
 
 def _owned_keys(fd, cm) -> set:
@@ -142,9 +143,10 @@ def _policy_settings(plan) -> dict:
 
 
 CONFIG_MAPS += (
-    ConfigMap("sc_deny4", lambda plan: _deny_entries(plan, "sc_deny4")),
-    ConfigMap("sc_deny6", lambda plan: _deny_entries(plan, "sc_deny6")),
-    ConfigMap("sc_allow_in", _allowed_port_entries),
+    ConfigMap("sc_deny4", lambda plan: _deny_entries(plan, "sc_deny4"), what="kernel.deny_cidrs (IPv4)"),
+    ConfigMap("sc_deny6", lambda plan: _deny_entries(plan, "sc_deny6"), what="kernel.deny_cidrs (IPv6)"),
+    ConfigMap("sc_allow_in", _allowed_port_entries,
+              what="kernel.allow_inbound_ports with the sidecar's own ports"),
     ConfigMap("sc_svc_ports", _server_port_words, owns=lambda value: False, merge=_or_words),
     # Last: the settings that switch the rules on refer to the tables above.
     ConfigMap("sc_policy_cfg", _policy_settings),

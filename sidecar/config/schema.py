@@ -410,8 +410,19 @@ def _access_log_format(text: str) -> str:
     return check_format(text)
 
 def _check_kernel(values, given, path, ctx):
+    # The kernel tables' sizes (bpf/lib/sidecar_maps.h, mirrored in sidecar.bpf.layout):
+    # a policy that does not fit is refused here, not half-written into the kernel.
+    from sidecar.bpf.layout import MAPS
     if values["syn_burst"] is not None and values["syn_rate_limit"] is None:
         ctx.error_at(join(join(path, "syn_rate_limit"), "burst"), "needs syn_rate_limit.per_source too")
+    for version, table in ((4, "sc_deny4"), (6, "sc_deny6")):
+        n = sum(1 for c in values["deny_cidrs"] if ipaddress.ip_network(c).version == version)
+        if n > MAPS[table].max_entries:
+            ctx.error_at(join(path, given["deny_cidrs"]), f"{n} IPv{version} prefixes: the kernel table "
+                         f"holds at most {MAPS[table].max_entries}")
+    room = MAPS["sc_allow_in"].max_entries - 8      # the sidecar's own ports take a few
+    if len(set(values["allow_inbound_ports"])) > room:
+        ctx.error_at(join(path, given["allow_inbound_ports"]), f"at most {room} ports")
 
 
 KERNEL = Section([

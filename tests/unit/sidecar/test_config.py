@@ -544,6 +544,16 @@ def test_an_excluded_or_passthrough_port_left_off_the_allow_list_is_warned_about
     assert load("interception: {exclude_inbound_ports: [9091]}\n").warnings == []
 
 
+def test_a_kernel_policy_larger_than_its_kernel_tables_is_refused():
+    many = ", ".join("10.%d.%d.0/24" % (i // 256, i % 256) for i in range(1025))
+    assert errors_of("kernel:\n  deny_cidrs: [%s]\n" % many) == [
+        "kernel.deny_cidrs (line 2): 1025 IPv4 prefixes: the kernel table holds at most 1024"]
+    assert load("kernel:\n  deny_cidrs: [%s, '2001:db8::/32']\n" % many.rsplit(",", 1)[0]).kernel.deny_cidrs
+    ports = ", ".join(str(p) for p in range(1, 250))
+    assert errors_of("kernel:\n  allow_inbound_ports: [%s]\n" % ports) == [
+        "kernel.allow_inbound_ports (line 2): at most 248 ports"]
+
+
 def test_a_kernel_policy_change_applies_in_place():
     from sidecar.reload import plan
     old = load("kernel: {deny_cidrs: [203.0.113.0/24]}\n")

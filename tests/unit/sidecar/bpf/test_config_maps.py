@@ -69,7 +69,8 @@ def test_configured_server_ports_are_only_those_in_the_ephemeral_range():
 
 
 def test_a_plan_too_large_for_a_table_is_refused_before_anything_is_written():
-    with pytest.raises(ValueError, match="sc_deny4: 1025 entries, the kernel map holds at most 1024"):
+    with pytest.raises(ValueError, match=r"kernel.deny_cidrs \(IPv4\): 1025 entries, the kernel map "
+                                         r"sc_deny4 holds at most 1024"):
         config_maps.check(_plan(deny_cidrs=["10.%d.%d.0/24" % (i // 256, i % 256) for i in range(1025)]))
 
 
