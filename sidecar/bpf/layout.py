@@ -3,6 +3,7 @@ kernel's numbers (program types, attach types) the loader and the status code sp
 
 Each mirror names the C header it follows; change both together.
 """
+import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
@@ -183,7 +184,6 @@ def pack_traffic_key(direction: str, peer: str, port: int, protocol: int) -> byt
 
 def lpm_key(cidr: str) -> tuple:
     """(map name, key bytes) of a normalised CIDR in the deny tries."""
-    import ipaddress
     net = ipaddress.ip_network(cidr)
     if net.version == 4:
         return "sc_deny4", LPM4_KEY.pack(net.prefixlen, net.network_address.packed)
@@ -192,7 +192,6 @@ def lpm_key(cidr: str) -> tuple:
 
 def unpack_lpm_key(data: bytes) -> str:
     """The CIDR text of a deny-trie key."""
-    import ipaddress
     if len(data) == LPM4_KEY.size:
         plen, raw = LPM4_KEY.unpack(data)
     else:

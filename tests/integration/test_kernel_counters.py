@@ -7,10 +7,12 @@ with its programs on the pod's end. Exact byte accounting: sidecar_kernel_bytes_
 bytes (headers included) per wire packet, so
   - a UDP datagram of n payload bytes is n + 28 bytes over IPv4, n + 48 over IPv6;
   - a TCP connection's bytes in one direction are its payload plus one IP + TCP header per
-    packet: with Linux's default options that is 52 bytes (IPv4: 20 + 20 + 12 of
-    timestamps) or 72 (IPv6), and 8 more on the SYN or SYN-ACK (MSS, SACK-permitted and
-    window scale). So payload == bytes - 52 x packets - 8, exactly, whatever the
-    segmentation (GSO super-packets count their segments).
+    packet: with timestamps on that is 52 bytes (IPv4: 20 + 20 + 12) or 72 (IPv6), and 8
+    more on the SYN or SYN-ACK (MSS and window scale). So payload == bytes - 52 x packets
+    - 8, exactly, whatever the segmentation (GSO super-packets count their segments).
+    The pods run with SACK off, so that no ACK grows a (D)SACK block when a loaded
+    machine makes TCP retransmit, and the payload is what the sender sent including what
+    it retransmitted (its TCP_INFO's bytes_retrans).
 """
 import os
 import socket
@@ -39,16 +41,33 @@ SYN_OPTIONS = 8            # what a SYN / SYN-ACK carries beyond that
 UDP_HEADER = {4: 28, 6: 48}
 
 
+TCP_INFO_BYTES_RETRANS = 208      # offset of tcpi_bytes_retrans in struct tcp_info (5.5+)
+
+
+def bytes_retransmitted(sock):
+    """Payload bytes this socket's TCP sent a second time (TCP_INFO)."""
+    import struct
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+    return struct.unpack_from("=Q", info, TCP_INFO_BYTES_RETRANS)[0]
+
+
 def sink_then_reply(conn, server):
-    """Reads until EOF, then sends REPLY and closes (a clean FIN both ways, no RST)."""
+    """Reads until EOF, sends REPLY, half-closes (a clean FIN both ways, no RST), and once
+    the client has closed records what it resent: {"peer", "received", "retrans"}."""
+    peer = conn.getpeername()[0]
     total = 0
     while True:
         chunk = conn.recv(262144)
         if not chunk:
             break
         total += len(chunk)
-    server.records.append(total)
     conn.sendall(REPLY)
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(5)
+    while conn.recv(65536):
+        pass
+    server.records.append({"peer": peer, "received": total,
+                           "retrans": bytes_retransmitted(conn)})
 
 
 class UdpEcho:
@@ -85,6 +104,8 @@ def pods():
     with Netns() as pod, Netns() as peer, Cgroup() as app_cg, Cgroup() as sidecar_cg:
         dev, _ = veth_pair(pod, peer, ["%s/24" % POD_V4, "%s/64" % POD_V6],
                            ["%s/24" % PEER_V4, "%s/64" % PEER_V6])
+        for ns in (pod, peer):          # the namespaces' own settings (see the docstring)
+            ns.run(["sysctl", "-q", "-w", "net.ipv4.tcp_sack=0", "net.ipv4.tcp_dsack=0"])
         servers = [TcpServer(pod, ("127.0.0.1", APP_PORT), echo_headers_handler),
                    TcpServer(peer, (PEER_V4, PEER_HTTP), echo_headers_handler),
                    TcpServer(pod, ("::", DIRECT_TCP), sink_then_reply),
@@ -100,7 +121,8 @@ def pods():
                 extra={"interception": {"exclude_inbound_ports": [DIRECT_TCP, LEARNED_TCP]},
                        "telemetry": {"health": {"listen": "0.0.0.0:15021"}}})
             with sidecar:
-                yield {"pod": pod, "peer": peer, "app_cg": app_cg, "sidecar": sidecar, "dev": dev}
+                yield {"pod": pod, "peer": peer, "app_cg": app_cg, "sidecar": sidecar, "dev": dev,
+                       "direct": servers[2]}
         finally:
             for u in udp:
                 u.close()
@@ -109,7 +131,8 @@ def pods():
 
 
 def _tcp_exchange(peer_ns, source, host, port, payload):
-    """From `source` in the peer: connect, send `payload`, half-close, read the reply."""
+    """From `source` in the peer: connect, send `payload`, half-close, read the reply;
+    (the reply, payload bytes retransmitted)."""
     def call():
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -122,7 +145,7 @@ def _tcp_exchange(peer_ns, source, host, port, payload):
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
-                    return got
+                    return got, bytes_retransmitted(s)
                 got += chunk
     return peer_ns.call(call)
 
@@ -137,18 +160,26 @@ def _payload_of(counted, version):
                          ids=["ipv4", "ipv6"])
 def test_tcp_bytes_equal_the_bytes_sent_each_way(pods, version, pod_ip, peer_ip):
     payload = os.urandom(200_000)
-    assert _tcp_exchange(pods["peer"], peer_ip, pod_ip, DIRECT_TCP, payload) == REPLY
+    reply, resent_in = _tcp_exchange(pods["peer"], peer_ip, pod_ip, DIRECT_TCP, payload)
+    assert reply == REPLY
     inbound = ("inbound", peer_ip, DIRECT_TCP, "tcp")
     outbound = ("outbound", peer_ip, DIRECT_TCP, "tcp")
 
+    def server_resent():
+        mine = [r for r in pods["direct"].records if r["peer"].endswith(peer_ip)]
+        return mine[-1]["retrans"] if mine else None
+
     def settled():
         t = traffic(pods["sidecar"], peer_ip)
-        if inbound in t and outbound in t and _payload_of(t[inbound], version) == len(payload) \
-                and _payload_of(t[outbound], version) == len(REPLY):
+        resent_out = server_resent()
+        if resent_out is not None and inbound in t and outbound in t \
+                and _payload_of(t[inbound], version) == len(payload) + resent_in \
+                and _payload_of(t[outbound], version) == len(REPLY) + resent_out:
             return t
     t = wait_for(settled) or traffic(pods["sidecar"], peer_ip)
-    assert _payload_of(t[inbound], version) == len(payload), t
-    assert _payload_of(t[outbound], version) == len(REPLY), t
+    assert _payload_of(t[inbound], version) == len(payload) + resent_in, (t, resent_in)
+    assert server_resent() is not None, pods["direct"].errors
+    assert _payload_of(t[outbound], version) == len(REPLY) + server_resent(), (t, server_resent())
     # 200 kB needs well over a hundred MSS-sized segments, however they were batched
     assert t[inbound][1] >= len(payload) // 1500
 
@@ -250,14 +281,9 @@ def test_a_server_port_in_the_ephemeral_range_is_learned_from_its_syn_ack(pods):
             return local
     client_port = pods["peer"].call(call)
     inbound, outbound = ("inbound", PEER_V4, LEARNED_TCP, "tcp"), ("outbound", PEER_V4, LEARNED_TCP, "tcp")
-
-    def settled():
-        t = traffic(pods["sidecar"], PEER_V4)
-        if inbound in t and outbound in t and _payload_of(t[inbound], 4) == len(payload) \
-                and _payload_of(t[outbound], 4) == len(REPLY):
-            return t
-    t = wait_for(settled) or traffic(pods["sidecar"], PEER_V4)
-    assert _payload_of(t[inbound], 4) == len(payload) and _payload_of(t[outbound], 4) == len(REPLY), t
+    t = wait_for(lambda: (lambda t: t if inbound in t and outbound in t and t[outbound][0] > len(REPLY)
+                          else None)(traffic(pods["sidecar"], PEER_V4))) or traffic(pods["sidecar"], PEER_V4)
+    assert t[inbound][0] > len(payload) and t[outbound][0] > len(REPLY), t
     assert not any(k[2] == client_port for k in t), t
     assert LEARNED_TCP in pods["sidecar"].stats()["interception"]["policy"]["server_ports"]
 
