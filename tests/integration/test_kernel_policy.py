@@ -160,6 +160,9 @@ PADN_OPTIONS = bytes([0, 0, 1, 4, 0, 0, 0, 0])    # next header and length (the 
 
 
 def _connects_with_dstopts(pods, host, port):
+    """Connects, then half-closes and waits for the server's FIN before closing: so every
+    packet, the last ACK too, comes from the socket with the sticky option (a closed
+    socket's TIME_WAIT remnant would send that ACK without it)."""
     def call():
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
             s.settimeout(SHORT)
@@ -169,6 +172,10 @@ def _connects_with_dstopts(pods, host, port):
                 s.connect((host, port))
             except (socket.timeout, TimeoutError):
                 return False
+            s.settimeout(5)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(100):
+                pass
             return True
     return pods["peer"].call(call)
 
