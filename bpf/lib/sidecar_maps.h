@@ -65,7 +65,7 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, sc_counters, SC_CNT_MAX, SC_PIN(s
  * A bucket matters only while its source sends SYNs faster than the rate; an evicted one
  * starts full again, as after a quiet spell. 16384 sources outlast any real client mix;
  * a flood from more (spoofed) sources than that is not a per-source problem (SYN cookies
- * are). About 1.3 MB. */
+ * are). About 1.5 MiB. */
 #define SC_SYN_SOURCES_MAX 16384
 
 #define SC_DIR_INBOUND 0      /* received by the pod (tcx ingress) */
