@@ -21,6 +21,7 @@ bench: setup
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.policy
+	$(PY) -m benchmarks.kernel_counters
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
