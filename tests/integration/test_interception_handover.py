@@ -163,7 +163,7 @@ def test_the_sidecar_adopts_what_the_init_container_loaded(pod):
     assert "waiting for its sidecar" in shown["owner_status"]
     assert "handed over: waiting for the sidecar" in pod.status(instance, human=True)
     loaded = _ids(shown)
-    assert len(loaded["links"]) == 5
+    assert len(loaded["links"]) == 8        # interception (5), kernel policy, two counters
 
     sc = pod.sidecar(exclude=[EXCLUDED_PORT], prefix=WITHOUT_BCC + only(SIDECAR_CAPS))
     sc.start()
