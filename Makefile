@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy bench-cache clean
 
 setup:
 	@scripts/setup-host.sh
@@ -21,6 +21,7 @@ bench: setup
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.policy
+	$(PY) -m benchmarks.cache
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
@@ -30,6 +31,9 @@ bench-management: setup
 
 bench-policy: setup
 	$(PY) -m benchmarks.policy $(BENCH_ARGS)
+
+bench-cache: setup
+	$(PY) -m benchmarks.cache $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick

@@ -83,14 +83,12 @@ cdef class CacheFill:
     """One upstream response on its way into the store, and the exchanges waiting for it."""
     cdef ResponseCache cache
     cdef uint64_t key
-    cdef bytes host
-    cdef bytes target
     cdef unsigned int request_flags
     cdef double request_time         # monotonic: when the request head was complete
     cdef CacheEntry validating       # the stored response a conditional request revalidates
     cdef readonly int state          # FillState
     cdef bint leader                 # registered for its key: later misses wait for it
-    cdef list waiters
+    cdef list waiters                # made with the first; None: nobody waits
     cdef CacheEntry entry            # the response as it will be (or was) stored
     cdef int framing                 # how the body reaches the client (head_rewrite Framing)
     cdef ChunkedDecoder chunks
@@ -135,6 +133,8 @@ cdef class ResponseCache:
                         double now)
     cdef CacheEntry _new_entry(self, CacheFill fill, MessageHead resp, MessageHead req,
                                MessageHead base, bytes body, double now)
+    cdef CacheEntry _judge(self, CacheFill fill, MessageHead h, MessageHead req,
+                           double age_value, double now)
     cdef bint insert(self, CacheEntry e) except -1
     cdef void remove(self, CacheEntry e)
     cdef void invalidate(self, uint64_t key)

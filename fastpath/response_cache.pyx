@@ -178,7 +178,6 @@ cdef class CacheExchange:
 
 cdef class CacheFill:
     def __cinit__(self):
-        self.waiters = []
         self.expected_length = -1
 
     cdef int response_head(self, MessageHead resp, MessageHead req, int framing,
@@ -276,7 +275,7 @@ cdef class CacheFill:
         cdef list waiters = self.waiters
         cdef ResponseCache cache = self.cache
         cdef PyObject* p
-        self.waiters = []
+        self.waiters = None
         if self.leader:
             self.leader = False
             p = PyDict_GetItem(cache.pending, self.key)
@@ -285,7 +284,7 @@ cdef class CacheFill:
         if self.state == FILL_PENDING or self.state == FILL_STORING:
             self.state = FILL_ABANDONED
             self.parts = None
-        return waiters
+        return waiters if waiters is not None else []
 
     cdef bytes request_lines(self, bytes extra):
         """`extra` with the validators of the revalidated response added (or `extra`)."""
@@ -460,10 +459,10 @@ cdef class ResponseCache:
         a new one (x.fill), or passes (a CoalesceAction)."""
         cdef PyObject* p = PyDict_GetItem(self.pending, x.key)
         cdef CacheFill fill
-        cdef Py_ssize_t n, i
-        cdef Field* f
         if p != NULL:
             fill = <CacheFill>p
+            if fill.waiters is None:
+                fill.waiters = []
             fill.waiters.append(waiter)
             x.waiting_on = fill
             self.coalesced += 1
@@ -476,16 +475,6 @@ cdef class ResponseCache:
         fill.request_flags = x.flags
         fill.request_time = now
         fill.validating = x.entry
-        if x.entry is not None:
-            fill.host = x.entry.host
-            fill.target = x.entry.target
-        else:
-            host = b""
-            if req.host_index >= 0:
-                f = &req.fields[req.host_index]
-                host = req.buf[f.value_start:f.value_end].lower()
-            fill.host = host
-            fill.target = req.buf[req.target_start:req.target_end]
         fill.leader = True
         self.pending[x.key] = fill
         x.fill = fill
@@ -600,58 +589,48 @@ cdef class ResponseCache:
 
     cdef CacheEntry _new_entry(self, CacheFill fill, MessageHead resp, MessageHead req,
                                MessageHead base, bytes body, double now):
-        """The entry `resp` makes (with `base`, the stored head a 304 `resp` updates, and
-        its `body`), with `storable` set by the rules; None when `resp` is not a head
-        this cache can keep."""
-        cdef MessageHead src = base if base is not None else resp
+        """The entry `resp` makes, with `storable` set by the rules; None when a plain
+        response may not be stored, or a head cannot be kept. With `base`, `resp` is a 304
+        updating that stored head (and `body` its body): the entry is built even when it
+        may not be stored, since it answers the request that revalidated it."""
+        cdef CacheEntry e
         cdef MessageHead h
-        cdef HeadParser parser
+        if base is None:
+            # Judged on the upstream's head first: most refusals cost no stored copy.
+            e = self._judge(fill, resp, req, _age_value(resp), now)
+            if e is None:
+                return None
+            e.head = _stored_head(resp, None)
+            if e.head is None:
+                return None
+            return e
+        h = _stored_head(resp, base)
+        if h is None:
+            return None
+        e = self._judge(fill, h, req, _age_value(resp), now)
+        e.head = h
+        e.body = body
+        e.size = PyBytes_GET_SIZE(h.raw) + PyBytes_GET_SIZE(body) + ENTRY_OVERHEAD + h.nfields * sizeof(Field)
+        return e
+
+    cdef CacheEntry _judge(self, CacheFill fill, MessageHead h, MessageHead req, double age_value,
+                           double now):
+        """What the fields of `h` (as they would be stored) say: an entry with its
+        validators, Vary, freshness and whether the rules let it be stored; None when they
+        do not and `h` is an upstream's plain response (nothing is allocated for it)."""
         cdef CacheEntry e
         cdef CacheControl cc
         cdef Field* f
-        cdef Field* g
-        cdef int i, j
-        cdef bint replaced, vary_star = False, set_cookie = False, has_expires = False
-        cdef double date = -1, expires = -1, age_value = 0, lifetime, wall, initial
-        lines = [b"HTTP/1.1 ", src.buf[src.reason_start:src.line_end], b"\r\n"]
-        if base is not None:
-            for i in range(base.nfields):
-                f = &base.fields[i]
-                replaced = False
-                for j in range(resp.nfields):
-                    g = &resp.fields[j]
-                    if _stored_field(resp, g) and g.name_end - g.line_start == f.name_end - f.line_start and \
-                            strncasecmp(resp.buf + g.line_start, base.buf + f.line_start,
-                                        f.name_end - f.line_start) == 0:
-                        replaced = True
-                        break
-                if not replaced:
-                    lines.append(base.buf[f.line_start:f.line_end])
-        for i in range(resp.nfields):
-            f = &resp.fields[i]
-            if _stored_field(resp, f):
-                lines.append(resp.buf[f.line_start:f.line_end])
-            elif _named(resp, f, b"age", 3):
-                age_value = _age_value(resp, f)
-        lines.append(b"\r\n")
-        raw = b"".join(lines)
-        h = MessageHead(len(lines) - 3)
-        parser = HeadParser(STORED_LIMITS, False)
-        if parser.feed(h, raw, 0, M_GET) != len(raw):
-            return None
-        e = CacheEntry()
-        e.key = fill.key
-        e.host = fill.host
-        e.target = fill.target
-        e.head = h
-        e.status = h.status
-        e.no_body = h.status == 204
-        e.body = body
-        e.modified_time = -1
+        cdef int i, etag = -1, modified = -1
+        cdef bint vary_star = False, set_cookie = False, has_expires = False, storable
+        cdef double date = -1, expires = -1, lifetime, wall, initial
+        cdef Py_ssize_t k
         memset(&cc, 0, sizeof(CacheControl))
-        names = []
+        names = None
         for i in range(h.nfields):
             f = &h.fields[i]
+            if not _stored_field(h, f):
+                continue
             if _named(h, f, b"cache-control", 13):
                 parse_cache_control(h.buf, f.value_start, f.value_end, &cc)
             elif _named(h, f, b"set-cookie", 10):
@@ -661,8 +640,11 @@ cdef class ResponseCache:
                     name = name.strip(b" \t").lower()
                     if name == b"*":
                         vary_star = True
-                    elif name and name not in names:
-                        names.append(name)
+                    elif name:
+                        if names is None:
+                            names = []
+                        if name not in names:
+                            names.append(name)
             elif _named(h, f, b"date", 4):
                 if date < 0:
                     date = parse_http_date(h.buf + f.value_start, f.value_end - f.value_start)
@@ -671,36 +653,53 @@ cdef class ResponseCache:
                     has_expires = True
                     expires = parse_http_date(h.buf + f.value_start, f.value_end - f.value_start)
             elif _named(h, f, b"etag", 4):
-                if e.etag is None and f.value_end > f.value_start:
-                    e.etag = h.buf[f.value_start:f.value_end]
+                if etag < 0 and f.value_end > f.value_start:
+                    etag = i
             elif _named(h, f, b"last-modified", 13):
-                if e.last_modified is None and f.value_end > f.value_start:
-                    e.last_modified = h.buf[f.value_start:f.value_end]
-                    e.modified_time = parse_http_date(h.buf + f.value_start, f.value_end - f.value_start)
-        if e.modified_time < 0 and date >= 0:
-            e.modified_time = date
-        if names:
-            e.vary_names = tuple(names)
-            e.vary_values = tuple(_joined_values(req, name) for name in names)
+                if modified < 0 and f.value_end > f.value_start:
+                    modified = i
         wall = wall_now()
-        lifetime = freshness_lifetime(&cc, e.status, date if date >= 0 else floor(wall),
+        lifetime = freshness_lifetime(&cc, h.status, date if date >= 0 else floor(wall),
                                       has_expires, expires, self.ttl)
-        e.must_validate = (cc.flags & CC_NO_CACHE) != 0
-        has_validator = e.etag is not None or e.last_modified is not None
-        e.storable = not (
+        storable = not (
             lifetime == NO_FRESHNESS or cc.flags & (CC_NO_STORE | CC_PRIVATE) or set_cookie
-            or vary_star or len(names) > MAX_VARY_NAMES
+            or vary_star or (names is not None and len(names) > MAX_VARY_NAMES)
             or (fill.request_flags & RQ_AUTHORIZATION
                 and not cc.flags & (CC_PUBLIC | CC_S_MAXAGE | CC_MUST_REVALIDATE))
-            or ((e.must_validate or lifetime <= 0) and not has_validator))
-        if lifetime < 0:
-            lifetime = 0
+            or ((cc.flags & CC_NO_CACHE or lifetime <= 0) and etag < 0 and modified < 0))
+        if not storable and fill.validating is None:
+            return None
+        e = CacheEntry()
+        e.storable = storable
+        e.key = fill.key
+        if fill.validating is not None:
+            e.host = fill.validating.host
+            e.target = fill.validating.target
+        else:
+            e.host = b""
+            if req.host_index >= 0:
+                f = &req.fields[req.host_index]
+                e.host = req.buf[f.value_start:f.value_end].lower()
+            e.target = req.buf[req.target_start:req.target_end]
+        e.status = h.status
+        e.no_body = h.status == 204
+        e.must_validate = (cc.flags & CC_NO_CACHE) != 0
+        e.modified_time = -1
+        if etag >= 0:
+            e.etag = h.field_value(etag)
+        if modified >= 0:
+            e.last_modified = h.field_value(modified)
+            f = &h.fields[modified]
+            e.modified_time = parse_http_date(h.buf + f.value_start, f.value_end - f.value_start)
+        if e.modified_time < 0 and date >= 0:
+            e.modified_time = date
         initial = corrected_initial_age(age_value, date, wall, fill.request_time, now)
-        e.lifetime = lifetime
+        e.lifetime = lifetime if lifetime > 0 else 0.0
         e.age_base = initial - now
-        e.fresh_until = now + lifetime - initial
-        if body is not None:
-            e.size = PyBytes_GET_SIZE(raw) + PyBytes_GET_SIZE(body) + ENTRY_OVERHEAD + h.nfields * sizeof(Field)
+        e.fresh_until = now + e.lifetime - initial
+        if storable and names is not None:
+            e.vary_names = tuple(names)
+            e.vary_values = tuple([_joined_values(req, name) for name in names])
         return e
 
     cdef bint insert(self, CacheEntry e) except -1:
@@ -832,16 +831,61 @@ cdef class ResponseCache:
         return out
 
 
-cdef double _age_value(MessageHead h, Field* f) noexcept:
+cdef double _age_value(MessageHead h) noexcept:
+    """The Age of a response (delta-seconds), 0 without a valid one."""
     cdef double v = 0
     cdef Py_ssize_t i
-    if f.value_end == f.value_start:
-        return 0
-    for i in range(f.value_start, f.value_end):
-        if not (b'0' <= h.buf[i] <= b'9'):
+    cdef int k
+    cdef Field* f
+    for k in range(h.nfields):
+        f = &h.fields[k]
+        if not _named(h, f, b"age", 3):
+            continue
+        if f.value_end == f.value_start:
             return 0
-        v = v * 10 + (h.buf[i] - 48)
-    return v
+        for i in range(f.value_start, f.value_end):
+            if not (b'0' <= h.buf[i] <= b'9'):
+                return 0
+            if v < 2147483648.0:
+                v = v * 10 + (h.buf[i] - 48)
+        return v
+    return 0
+
+
+cdef MessageHead _stored_head(MessageHead resp, MessageHead base):
+    """The head to store for `resp` (its end-to-end fields: see _stored_field), parsed;
+    with `base`, `resp` is a 304 whose fields replace those of the same names in the
+    stored head `base` (RFC 9111 4.3.4). None if it does not parse back (never expected)."""
+    cdef MessageHead src = base if base is not None else resp
+    cdef MessageHead h
+    cdef Field* f
+    cdef Field* g
+    cdef int i, j
+    cdef bint replaced
+    lines = [b"HTTP/1.1 ", src.buf[src.reason_start:src.line_end], b"\r\n"]
+    if base is not None:
+        for i in range(base.nfields):
+            f = &base.fields[i]
+            replaced = False
+            for j in range(resp.nfields):
+                g = &resp.fields[j]
+                if _stored_field(resp, g) and g.name_end - g.line_start == f.name_end - f.line_start \
+                        and strncasecmp(resp.buf + g.line_start, base.buf + f.line_start,
+                                        f.name_end - f.line_start) == 0:
+                    replaced = True
+                    break
+            if not replaced:
+                lines.append(base.buf[f.line_start:f.line_end])
+    for i in range(resp.nfields):
+        f = &resp.fields[i]
+        if _stored_field(resp, f):
+            lines.append(resp.buf[f.line_start:f.line_end])
+    lines.append(b"\r\n")
+    raw = b"".join(lines)
+    h = MessageHead(len(lines) - 3)
+    if HeadParser(STORED_LIMITS, False).feed(h, raw, 0, M_GET) != len(raw):
+        return None
+    return h
 
 
 # Python-level forms of CacheFill's steps, for tests.
