@@ -876,8 +876,10 @@ cdef class HttpDownstream(ResponseSink):
             else:
                 self._local_response(504, "upstream request timeout", True)
         elif kind == DL_CACHE_WAIT and self.state != D_CLOSED:
-            # The response this one waited for is slow: fetch it without waiting.
+            # The response this one waited for is slow: fetch it now, and later misses
+            # wait for this fetch instead (the slow one may never end).
             self.cache_x.waiting_on = None
+            self.cache_x.cache.lead(self.req, self.cache_x, monotonic_now())
             self._cache_go_upstream()
 
 

@@ -126,6 +126,7 @@ cdef class ResponseCache:
     cdef bint _usable(self, CacheEntry e, CacheExchange x, double now) noexcept
     cdef int lookup(self, MessageHead req, CacheExchange x, double now) except -1
     cdef int coalesce(self, MessageHead req, CacheExchange x, object waiter, double now) except -1
+    cdef int lead(self, MessageHead req, CacheExchange x, double now) except -1
     cdef bint entry_matches(self, CacheEntry e, MessageHead req)
     cdef bint not_modified(self, CacheEntry e, MessageHead req, CacheExchange x) noexcept
     cdef bytes response(self, CacheEntry e, bint hit, bint head_only, bint not_modified,

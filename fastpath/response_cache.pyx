@@ -27,9 +27,10 @@ the same key that come while it is on its way wait for it. A response stored (or
 validated) serves every waiter whose Vary fields match it; one that may not be stored
 sends the waiters upstream, each on its own, as if there were no cache; a leader that
 fails before its response head (or whose client leaves) makes the waiters look up again,
-so one of them fetches. A waiter waits at most COALESCE_TIMEOUT, then goes upstream.
-HEAD requests and requests with their own conditionals wait for a fetch in flight but
-never lead one.
+so one of them fetches. A waiter waits at most COALESCE_TIMEOUT, then fetches itself and
+takes the lead for its key, so a fetch that hangs delays later misses by that much at
+most once (nginx's proxy_cache_lock_timeout and _age, in one). HEAD requests and
+requests with their own conditionals wait for a fetch in flight but never lead one.
 
 Storing (`CacheFill`, `_new_entry`): only a response the rules allow (status, no
 `no-store`, never `private`: this cache is shared, no `Set-Cookie`, no `Vary: *`, a
@@ -50,6 +51,7 @@ Bounds: `max_total` bytes per store (an entry counts its head, body, parsed fiel
 fixed overhead), least recently used entries evicted first; at most MAX_VARIANTS variants
 per URL. The store is per worker: workers do not share entries, and each fills its own.
 """
+import email.utils
 import os
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -467,6 +469,14 @@ cdef class ResponseCache:
             x.waiting_on = fill
             self.coalesced += 1
             return COALESCE_WAIT
+        return self.lead(req, x, now)
+
+    cdef int lead(self, MessageHead req, CacheExchange x, double now) except -1:
+        """Makes `x` fetch its key for the store (COALESCE_LEAD), in place of any fetch
+        registered for it (one that takes longer than COALESCE_TIMEOUT is taken over by
+        a request that waited for it that long); COALESCE_PASS for a HEAD or conditional
+        request, which goes upstream without storing."""
+        cdef CacheFill fill
         if req.method != M_GET or x.flags & (RQ_IF_NONE_MATCH | RQ_IF_MODIFIED_SINCE):
             return COALESCE_PASS
         fill = CacheFill()
@@ -861,7 +871,7 @@ cdef MessageHead _stored_head(MessageHead resp, MessageHead base):
     cdef Field* f
     cdef Field* g
     cdef int i, j
-    cdef bint replaced
+    cdef bint replaced, dated = False
     lines = [b"HTTP/1.1 ", src.buf[src.reason_start:src.line_end], b"\r\n"]
     if base is not None:
         for i in range(base.nfields):
@@ -880,6 +890,10 @@ cdef MessageHead _stored_head(MessageHead resp, MessageHead base):
         f = &resp.fields[i]
         if _stored_field(resp, f):
             lines.append(resp.buf[f.line_start:f.line_end])
+            dated = dated or _named(resp, f, b"date", 4)
+    if base is None and not dated:
+        # RFC 9110 6.6.1: a cache records when a response without Date was received.
+        lines.append(b"date: " + email.utils.formatdate(wall_now(), usegmt=True).encode() + b"\r\n")
     lines.append(b"\r\n")
     raw = b"".join(lines)
     h = MessageHead(len(lines) - 3)

@@ -8,6 +8,7 @@ import concurrent.futures
 import email.utils
 import hashlib
 import json
+import re
 import time
 import urllib.parse
 
@@ -365,6 +366,66 @@ def test_waiters_go_upstream_themselves_when_the_response_may_not_be_stored(cach
     assert all(r[0] == 200 and r[1]["x-cache"] == "MISS" for r in results)
     assert len({r[2] for r in results}) == 6           # each its own response
     assert app.count(target) == 6
+
+
+def test_a_hung_fetch_delays_a_waiting_miss_once_by_the_coalescing_timeout(cached):
+    """Waits out COALESCE_TIMEOUT (5 s), which is what this test is about."""
+    sc, app = cached
+    target = url("/c/", "hung leader", h="Cache-Control: max-age=60", delay_first="6.5")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        leader = pool.submit(get, sc, target)          # its upstream answers after 6.5 s
+        time.sleep(0.3)
+        started = time.monotonic()
+        status, headers, _ = get(sc, target)
+        waited = time.monotonic() - started
+        assert status == 200 and headers["x-cache"] == "MISS" and 4.0 <= waited < 6.0
+        # it fetched and stored in the hung one's place: the next miss waits no more
+        started = time.monotonic()
+        assert get(sc, target)[1]["x-cache"] == "HIT" and time.monotonic() - started < 1.0
+        assert leader.result()[0] == 200
+    assert app.count(target) == 2
+
+
+def test_a_client_that_does_not_read_gets_no_more_answers_from_the_store_meanwhile(cached):
+    sc, app = cached
+    target = url("/bounded/", "backpressure", size="60000")
+    get(sc, target)
+    worker = sc.worker_pids()[0]
+
+    def rss_kib():
+        with open("/proc/%d/status" % worker) as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    before = rss_kib()
+    n = 400                    # 400 pipelined requests: 24 MB of answers if all were written
+    with RawClient(sc.inbound, timeout=10) as c:
+        c.send(("GET %s HTTP/1.1\r\nHost: cache.test\r\n\r\n" % target).encode() * n)
+        time.sleep(1.0)
+        grown = rss_kib() - before
+        bodies = set()
+        for _ in range(n):
+            status, headers, body = c.read_response()
+            assert status == 200 and headers["x-cache"] == "HIT"
+            bodies.add(body)
+    assert len(bodies) == 1 and len(bodies.pop()) == 60000
+    assert grown < 8 * 1024, "the worker buffered %d KiB for a client that did not read" % grown
+    assert app.count(target) == 1
+
+
+def test_an_http_1_0_client_gets_its_hit_and_the_close(cached):
+    sc, app = cached
+    target = url("/c/", "http 1.0")
+    get(sc, target)
+    with RawClient(sc.inbound, timeout=5) as c:
+        c.send(b"GET %s HTTP/1.0\r\nHost: cache.test\r\n\r\n" % target.encode())
+        status, headers, body = c.read_response()
+        assert status == 200 and headers["x-cache"] == "HIT" and headers["connection"] == "close"
+        assert c.is_closed()
+    with RawClient(sc.inbound, timeout=5) as c:
+        c.send(b"GET %s HTTP/1.0\r\nHost: cache.test\r\nConnection: keep-alive\r\n\r\n" % target.encode())
+        assert c.read_response()[1]["connection"] == "keep-alive"
+        c.send(b"GET %s HTTP/1.0\r\nHost: cache.test\r\nConnection: keep-alive\r\n\r\n" % target.encode())
+        assert c.read_response()[1]["x-cache"] == "HIT"
 
 
 def test_cache_results_are_counted_and_logged(cached):

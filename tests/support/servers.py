@@ -77,6 +77,7 @@ class _AppHandler(http.server.BaseHTTPRequestHandler):
                             or an If-Modified-Since not before DATE, gets a 304
             expires_in=S    Expires: the response's Date + S seconds
             delay=S         wait before answering
+            delay_first=S   wait before answering the first request for this URL only
             size=N          N deterministic bytes (else a line naming this response: its
                             sequence number, the request's Accept-Language and its
                             Authorization or Cookie)
@@ -89,8 +90,12 @@ class _AppHandler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.responded += 1
             seq = self.server.responded
+            first = self.path not in self.server.seen
+            self.server.seen.add(self.path)
         if one("delay"):
             time.sleep(float(one("delay")))
+        if one("delay_first") and first:
+            time.sleep(float(one("delay_first")))
         headers = [tuple(h.split(":", 1)) for h in q.get("h", [])]
         etag, modified = one("etag"), one("last_modified")
         if etag:
@@ -211,6 +216,7 @@ class HttpApp:
         self.server.requests = []
         self.server.lock = threading.Lock()
         self.server.responded = 0
+        self.server.seen = set()
         self.address = (host, self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
