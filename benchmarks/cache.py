@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import machine
 from benchmarks.peers import app_server, cache_app_server, free_ports
 from benchmarks.policy import Sidecar, counter, measure
 from benchmarks.wrk import run_wrk
@@ -107,7 +108,7 @@ def main(argv=None):
         "requests_per_s": {row: round(statistics.median(x["requests_per_s"] for x in runs[row]))
                            for row in ROWS},
         "p50_us": {row: statistics.median(x["p50_us"] for x in runs[row]) for row in ROWS},
-        "cache_check": check, "rounds": runs,
+        "cache_check": check, "machine": machine.describe_machine(), "rounds": runs,
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
