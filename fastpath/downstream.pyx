@@ -434,8 +434,10 @@ cdef class HttpDownstream(ResponseSink):
             self.request_done = True
         if delay > 0:
             # Fault delay: the request (and its body, queued) waits before going upstream.
+            # The loop's timers count whole milliseconds and may fire up to one early: the
+            # millisecond added keeps the delay at least the configured one.
             self.delay_abort = abort_after_delay
-            self.delay_handle = self.ctx.loop.call_later(delay, self._delay_done)
+            self.delay_handle = self.ctx.loop.call_later(delay + 0.001, self._delay_done)
             return True
         pool.acquire(self)
         return True

@@ -200,7 +200,9 @@ cdef class CacheFill:
                 self.entry = e
                 self.state = FILL_VALIDATED if e.storable and e is not old and cache.insert(e) else FILL_UNCACHEABLE
                 return 1
-            cache.remove(old)               # a full response replaces the stored one
+            if resp.status < 500:
+                cache.remove(old)           # a full response replaces the stored one; an
+                                            # upstream error leaves it to validate later
         if not storable_status(resp.status) or resp.body_kind == BODY_UNTIL_CLOSE or (
                 resp.body_kind == BODY_LENGTH and resp.content_length > cache.max_entry):
             self.state = FILL_UNCACHEABLE
