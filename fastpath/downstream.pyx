@@ -943,6 +943,8 @@ cdef class HttpDownstream(ResponseSink):
             extra = edits.added_lines(&ev)
         self.response_started = True
         self.rec.status = 304 if not_modified else entry.status
+        if self.rec.service < 0:
+            self.rec.service = entry.service    # the service whose response it is
         if not (head_only or not_modified):
             self.rec.response_bytes += PyBytes_GET_SIZE(entry.body)
         self.transport.write(x.cache.response(
@@ -970,6 +972,7 @@ cdef class HttpDownstream(ResponseSink):
             x.cache.invalidate(x.key)
         if fill is None:
             return False
+        fill.service = self.rec.service
         if fill.response_head(resp, self.req, framing, tail, tail_len, monotonic_now()):
             self.rec.cache = CACHE_REVALIDATED
             self._serve_from_cache(fill.entry, False)

@@ -136,8 +136,10 @@ class _Compiler:
         cache = None
         if route.cache:
             c = route.cache
-            destination = tuple((s.name, s.weight) for s in route.service) if clusters \
-                else (tuple(self.cfg.inbound.app) if direction == "inbound" else None)
+            if clusters:        # by name, weight and config index (the index labels hits)
+                destination = tuple((s.name, s.weight, self.service_index[s.name]) for s in route.service)
+            else:
+                destination = tuple(self.cfg.inbound.app) if direction == "inbound" else None
             ckey = (direction, route.name, c["ttl"], c["max_entry"], c["max_total"], destination)
             old = self.previous.caches.get(ckey) if self.previous is not None else None
             cache = old if old is not None else ResponseCache(c["ttl"], c["max_entry"], c["max_total"])

@@ -44,6 +44,7 @@ cdef class CacheEntry:
     cdef tuple vary_names            # lower-case field names of Vary, or None
     cdef tuple vary_values           # the request's value of each (bytes), None when absent
     cdef readonly int status
+    cdef readonly int service        # config index of the service that answered; -1: none
     cdef MessageHead head            # status line and the end-to-end fields, as stored
     cdef readonly bytes body
     cdef bint no_body                # 204: no body and no Content-Length
@@ -85,6 +86,7 @@ cdef class CacheFill:
     cdef uint64_t key
     cdef unsigned int request_flags
     cdef double request_time         # monotonic: when the request head was complete
+    cdef int service                 # config index of the service fetching it; -1: none
     cdef CacheEntry validating       # the stored response a conditional request revalidates
     cdef readonly int state          # FillState
     cdef bint leader                 # registered for its key: later misses wait for it

@@ -181,6 +181,7 @@ cdef class CacheExchange:
 cdef class CacheFill:
     def __cinit__(self):
         self.expected_length = -1
+        self.service = -1
 
     cdef int response_head(self, MessageHead resp, MessageHead req, int framing,
                            const char* tail, Py_ssize_t tail_len, double now) except -1:
@@ -694,6 +695,7 @@ cdef class ResponseCache:
                 e.host = req.buf[f.value_start:f.value_end].lower()
             e.target = req.buf[req.target_start:req.target_end]
         e.status = h.status
+        e.service = fill.service
         e.no_body = h.status == 204
         e.must_validate = (cc.flags & CC_NO_CACHE) != 0
         e.modified_time = -1

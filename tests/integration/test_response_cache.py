@@ -467,3 +467,25 @@ def test_a_reload_keeps_the_entries_of_unchanged_routes_and_drops_changed_ones()
         assert get(sc, kept)[1]["x-cache"] == "HIT"
         assert get(sc, changed)[1]["x-cache"] == "MISS"
         assert [app.count(kept), app.count(changed)] == [1, 2]
+
+
+def test_an_outbound_routes_cache_answers_before_a_service_endpoint_is_picked():
+    with HttpApp() as one, HttpApp() as two:
+        services = [{"name": "backend", "match": ["backend.local"],
+                     "endpoints": ["%s:%d" % one.address, "%s:%d" % two.address]}]
+        routes = [{"name": "out-cached", "direction": "outbound", "match": {"path_prefix": "/"},
+                   "service": [{"name": "backend", "weight": 1}], "cache": {"ttl": "30s"}}]
+        with SidecarProcess(extra={"services": services, "routes": routes}) as sc:
+            target = url("/", "outbound")
+            answers = []
+            for _ in range(4):
+                with RawClient(sc.outbound, timeout=5) as c:
+                    c.send(b"GET %s HTTP/1.1\r\nHost: backend.local\r\n\r\n" % target.encode())
+                    answers.append(c.read_response())
+            assert [a[1]["x-cache"] for a in answers] == ["MISS", "HIT", "HIT", "HIT"]
+            assert len({a[2] for a in answers}) == 1
+            assert one.count(target) + two.count(target) == 1      # round robin never ran again
+            _, text = scrape(sc)
+            assert total(text, "sidecar_cache_lookups_total", route="out-cached", result="hit") == 3
+            # hits carry the service whose response they are, and no upstream
+            assert total(text, "sidecar_requests_total", route="out-cached", service="backend") == 4
