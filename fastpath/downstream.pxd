@@ -8,7 +8,8 @@ from fastpath.trace_context cimport Tracer
 from fastpath.route_table cimport RouteTable
 from fastpath.route_policy cimport RoutePolicy, RequestFacts
 from fastpath.header_edits cimport EditValues
-from fastpath.response_cache cimport ResponseCache, CacheExchange, CacheEntry, CacheFill
+from fastpath.cache_entry cimport CacheEntry
+from fastpath.response_cache cimport ResponseCache, CacheExchange, CacheFill
 
 cdef class HttpDownstream
 

@@ -45,8 +45,11 @@ from fastpath.trace_context cimport Tracer
 from fastpath.route_table cimport RouteTable
 from fastpath.route_policy cimport RoutePolicy, RequestFacts, Verdict
 from fastpath.header_edits cimport EditValues, HeaderEdits
+from fastpath.cache_entry cimport (
+    CacheEntry, entry_matches, conditional_matches, answer, mark_x_cache,
+)
 from fastpath.response_cache cimport (
-    ResponseCache, CacheExchange, CacheEntry, CacheFill, mark_x_cache,
+    ResponseCache, CacheExchange, CacheFill,
     LOOKUP_HIT, LOOKUP_BYPASS, LOOKUP_ONLY_IF_CACHED, COALESCE_WAIT,
     FILL_STORING, FILL_STORED, FILL_VALIDATED, FILL_UNCACHEABLE, RQ_UNSAFE,
 )
@@ -933,7 +936,8 @@ cdef class HttpDownstream(ResponseSink):
         cdef EditValues ev
         cdef bytes extra = None
         cdef bint head_only = req.method == M_HEAD
-        cdef bint not_modified = x.flags != 0 and x.cache.not_modified(entry, req, x)
+        cdef bint not_modified = x.flags != 0 and conditional_matches(
+            entry, req, x.if_none_match, x.if_modified_since)
         if req.request_id_index < 0 and not self.generated_id:
             self.ctx.request_id.next()
             memcpy(self.request_id, self.ctx.request_id.text, 36)
@@ -947,7 +951,7 @@ cdef class HttpDownstream(ResponseSink):
             self.rec.service = entry.service    # the service whose response it is
         if not (head_only or not_modified):
             self.rec.response_bytes += PyBytes_GET_SIZE(entry.body)
-        self.transport.write(x.cache.response(
+        self.transport.write(answer(
             entry, self.rec.cache == CACHE_HIT, head_only, not_modified, self.close_after,
             req.version == 10 and not self.close_after, edits, extra, monotonic_now()))
         if not end:
@@ -972,7 +976,7 @@ cdef class HttpDownstream(ResponseSink):
             x.cache.invalidate(x.key)
         if fill is None:
             return False
-        fill.service = self.rec.service
+        fill.origin.service = self.rec.service
         if fill.response_head(resp, self.req, framing, tail, tail_len, monotonic_now()):
             self.rec.cache = CACHE_REVALIDATED
             self._serve_from_cache(fill.entry, False)
@@ -1016,7 +1020,7 @@ cdef class HttpDownstream(ResponseSink):
         cdef int state = fill.state
         self.deadline = 0
         self.deadline_kind = DL_NONE
-        if (state == FILL_STORED or state == FILL_VALIDATED) and x.cache.entry_matches(fill.entry, self.req):
+        if (state == FILL_STORED or state == FILL_VALIDATED) and entry_matches(fill.entry, self.req):
             self.rec.cache = CACHE_HIT
             self._serve_from_cache(fill.entry, True)
         elif state == FILL_UNCACHEABLE:

@@ -1,8 +1,8 @@
 # Declarations of the per-route response cache; see response_cache.pyx.
 from libc.stdint cimport uint64_t
 from fastpath.parser cimport MessageHead, ChunkedDecoder
-from fastpath.header_edits cimport HeaderEdits
 from fastpath.cache_control cimport CacheControl
+from fastpath.cache_entry cimport CacheEntry, EntryOrigin
 
 # What a lookup found for a request (ResponseCache.lookup).
 cdef enum CacheLookup:
@@ -36,33 +36,6 @@ cdef enum CacheRequestFlag:
     RQ_UNSAFE = 0x08           # POST, PUT, DELETE...: a success invalidates the stored URL
 
 
-cdef class CacheEntry:
-    """One stored response: its key, the head as stored (parsed), the body, freshness."""
-    cdef uint64_t key
-    cdef bytes host                  # lower-cased Host value of the request
-    cdef bytes target                # request target, as sent
-    cdef tuple vary_names            # lower-case field names of Vary, or None
-    cdef tuple vary_values           # the request's value of each (bytes), None when absent
-    cdef readonly int status
-    cdef readonly int service        # config index of the service that answered; -1: none
-    cdef MessageHead head            # status line and the end-to-end fields, as stored
-    cdef readonly bytes body
-    cdef bint no_body                # 204: no body and no Content-Length
-    cdef double age_base             # current age = age_base + monotonic now
-    cdef double fresh_until          # monotonic time it turns stale
-    cdef readonly double lifetime    # freshness lifetime, seconds
-    cdef bint must_validate          # no-cache: never used without validation
-    cdef bytes etag
-    cdef bytes last_modified
-    cdef double modified_time        # Last-Modified (else Date), epoch seconds; -1 unknown
-    cdef Py_ssize_t size             # what it counts against max_total
-    cdef bint storable               # may be stored (a revalidated one may not, yet is served)
-    cdef bint stored
-    cdef CacheEntry older            # LRU neighbours
-    cdef CacheEntry newer
-    cdef CacheEntry next_variant     # another variant (Vary) of the same URL
-
-
 cdef class CacheExchange:
     """The cache's part of one connection's exchange in flight (reused per exchange)."""
     cdef ResponseCache cache         # the route's store
@@ -83,10 +56,7 @@ cdef class CacheExchange:
 cdef class CacheFill:
     """One upstream response on its way into the store, and the exchanges waiting for it."""
     cdef ResponseCache cache
-    cdef uint64_t key
-    cdef unsigned int request_flags
-    cdef double request_time         # monotonic: when the request head was complete
-    cdef int service                 # config index of the service fetching it; -1: none
+    cdef EntryOrigin origin          # its key, and what the entry it makes records of the request
     cdef CacheEntry validating       # the stored response a conditional request revalidates
     cdef readonly int state          # FillState
     cdef bint leader                 # registered for its key: later misses wait for it
@@ -129,19 +99,8 @@ cdef class ResponseCache:
     cdef int lookup(self, MessageHead req, CacheExchange x, double now) except -1
     cdef int coalesce(self, MessageHead req, CacheExchange x, object waiter, double now) except -1
     cdef int lead(self, MessageHead req, CacheExchange x, double now) except -1
-    cdef bint entry_matches(self, CacheEntry e, MessageHead req)
-    cdef bint not_modified(self, CacheEntry e, MessageHead req, CacheExchange x) noexcept
-    cdef bytes response(self, CacheEntry e, bint hit, bint head_only, bint not_modified,
-                        bint close, bint keep_alive_header, HeaderEdits edits, bytes extra,
-                        double now)
-    cdef CacheEntry _new_entry(self, CacheFill fill, MessageHead resp, MessageHead req,
-                               MessageHead base, bytes body, double now)
-    cdef CacheEntry _judge(self, CacheFill fill, MessageHead h, MessageHead req,
-                           double age_value, double now)
     cdef bint insert(self, CacheEntry e) except -1
     cdef void remove(self, CacheEntry e)
     cdef void invalidate(self, uint64_t key)
     cdef void _touch(self, CacheEntry e) noexcept
 
-
-cdef void mark_x_cache(MessageHead resp) noexcept
