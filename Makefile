@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy bench-cache clean
 
 setup:
 	@scripts/setup-host.sh
@@ -22,6 +22,7 @@ bench: setup
 	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.policy
 	$(PY) -m benchmarks.kernel_counters
+	$(PY) -m benchmarks.cache
 
 bench-mesh: setup
 	$(PY) -m benchmarks.mesh $(MESH_ARGS)
@@ -31,6 +32,9 @@ bench-management: setup
 
 bench-policy: setup
 	$(PY) -m benchmarks.policy $(BENCH_ARGS)
+
+bench-cache: setup
+	$(PY) -m benchmarks.cache $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick

@@ -466,9 +466,10 @@ def _check_cache(values, given, path, ctx):
 
 
 CACHE = Section([
-    Field("ttl", POSITIVE_DURATION, "how long a response is served from cache", required=True),
-    Field("max_entry", SIZE, "largest cached response body", default=1 << 20),
-    Field("max_total", SIZE, "cache size", default=64 << 20),
+    Field("ttl", POSITIVE_DURATION, "freshness of a response that states none (200, 203, 204, "
+          "300, 301, 308), and the cap on what a response states", required=True),
+    Field("max_entry", SIZE, "largest cached response body (larger ones pass through)", default=1 << 20),
+    Field("max_total", SIZE, "bytes stored per worker for this route (LRU)", default=64 << 20),
 ], check=_check_cache)
 
 FAULT = Section([
