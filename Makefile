@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy bench-datapath clean
+.PHONY: setup test demo bench bench-quick bench-mesh bench-management bench-policy bench-cache bench-datapath clean
 
 setup:
 	@scripts/setup-host.sh
@@ -21,6 +21,8 @@ bench: setup
 	$(PY) -m benchmarks.management
 	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.policy
+	$(PY) -m benchmarks.kernel_counters
+	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.kernel_datapath
 
 bench-mesh: setup
@@ -34,6 +36,9 @@ bench-management: setup
 
 bench-policy: setup
 	$(PY) -m benchmarks.policy $(BENCH_ARGS)
+
+bench-cache: setup
+	$(PY) -m benchmarks.cache $(BENCH_ARGS)
 
 bench-quick: setup
 	$(PY) -m benchmarks.run --quick

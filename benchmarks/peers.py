@@ -67,6 +67,31 @@ http {
 }
 """)
 
+CACHE_APP_NGINX_CONF = Template("""\
+# The app behind the response cache benchmark: `/` says nothing of caching (the route's
+# ttl applies), `/uncacheable` says no-store. Requests for `/` are logged, so the
+# benchmark can count what reached the app through a cache.
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    default_type text/plain;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        location = / { access_log $dir/access.log; return 200 "ok\\n"; }
+        location / { access_log off; add_header Cache-Control no-store; return 200 "ok\\n"; }
+    }
+}
+""")
+
 PROXY_NGINX_CONF = Template("""\
 # nginx as a plain HTTP/1.1 reverse proxy in front of the app.
 worker_processes 1;
@@ -295,6 +320,11 @@ def _nginx(name, template, workdir, **values):
 def app_server(workdir, port):
     """The app server, configured; start() it, then wait_ready()."""
     return _nginx("app", APP_NGINX_CONF, workdir, port=port)
+
+
+def cache_app_server(workdir, port):
+    """The app of the cache benchmark (CACHE_APP_NGINX_CONF); its access.log counts `/`."""
+    return _nginx("cache-app", CACHE_APP_NGINX_CONF, workdir, port=port)
 
 
 def nginx_proxy(workdir, port, app_port):

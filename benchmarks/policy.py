@@ -121,9 +121,11 @@ class Sidecar:
         self.log.close()
 
 
-def measure(sc: Sidecar, duration, headers):
+def measure(sc: Sidecar, duration, headers, url=None):
+    """One wrk run through `sc` (to `url`, default its /): requests, rate, errors, CPU per
+    request of the sidecar's process tree, p50 and p99."""
     before = proc_stats.sample_cpu([sc.proc.pid])
-    result, _ = run_wrk(sc.url, threads=2, connections=32, duration_s=duration, headers=headers)
+    result, _ = run_wrk(url or sc.url, threads=2, connections=32, duration_s=duration, headers=headers)
     user, system = proc_stats.cpu_delta(before, proc_stats.sample_cpu([sc.proc.pid]))
     n = result.requests
     return {"requests": n, "requests_per_s": result.requests_per_s, "errors": result.errors,

@@ -12,7 +12,7 @@
  *     packet's destination as its local address, so the proxy's getsockname() on the
  *     accepted socket is the original destination (pod IP, app port): no map needed.
  * No inbound listener for the packet's family: pass (fail open, the app answers directly)
- * or drop (fail closed).
+ * or drop (fail closed; counted in sc_drops as SC_DROP_NO_INBOUND_LISTENER).
  *
  * Returns TC_ACT_UNSPEC (tcx "next") except when dropping, so programs attached after this
  * one (counters, policy) still see every packet.
@@ -30,6 +30,15 @@ static __always_inline void sc_count(__u32 counter)
 
     if (value)          /* always found for an in-range index; the verifier needs the check */
         *value += 1;    /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline int sc_drop(__u32 reason)
+{
+    __u64 *count = sc_drops.lookup(&reason);
+
+    if (count)
+        *count += 1;
+    return TC_ACT_SHOT;
 }
 
 static __always_inline int sc_port_excluded_in(__u16 port)
@@ -92,7 +101,7 @@ static __always_inline int sc_steer(struct __sk_buff *skb, struct bpf_sock_tuple
     }
     if (!sk) {
         sc_count(SC_CNT_IN_NO_LISTENER);
-        return SC_FAIL_OPEN ? SC_TCX_NEXT : TC_ACT_SHOT;
+        return SC_FAIL_OPEN ? SC_TCX_NEXT : sc_drop(SC_DROP_NO_INBOUND_LISTENER);
     }
     err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);      /* the skb holds its own reference once assigned */

@@ -8,6 +8,8 @@ from fastpath.trace_context cimport Tracer
 from fastpath.route_table cimport RouteTable
 from fastpath.route_policy cimport RoutePolicy, RequestFacts
 from fastpath.header_edits cimport EditValues
+from fastpath.cache_entry cimport CacheEntry
+from fastpath.response_cache cimport ResponseCache, CacheExchange, CacheFill
 
 cdef class HttpDownstream
 
@@ -79,9 +81,11 @@ cdef class HttpDownstream(ResponseSink):
     cdef double delay_until             # CLOCK_MONOTONIC time the fault delay ends
     cdef char request_id[36]            # the x-request-id generated for this exchange
     cdef bint generated_id
+    cdef CacheExchange cache_x          # the response cache's part (made on a cache route), or None
 
     cdef void _process(self, bytes data, Py_ssize_t offset)
     cdef bint _start_request(self)
+    cdef bint _forward(self, bytes authority, double delay, int abort_after_delay)
     cdef bytes _destination_authority(self)
     cdef Py_ssize_t _request_body(self, bytes data, Py_ssize_t offset) except -2
     cdef void _queue(self, bytes chunk)
@@ -99,3 +103,13 @@ cdef class HttpDownstream(ResponseSink):
     cdef void _resume(self, int reason)
     cdef void _close(self)
     cdef void check_deadline(self, double now)
+    # the route's response cache stage
+    cdef int _cache_stage(self, ResponseCache cache, bytes authority) except -1
+    cdef void _serve_from_cache(self, CacheEntry entry, bint end)
+    cdef bint _cache_response_head(self, MessageHead resp, int framing, const char* tail,
+                                   Py_ssize_t tail_len)
+    cdef void _cache_body(self, bytes chunk)
+    cdef void _cache_exchange_done(self)
+    cdef void _cache_release(self, CacheFill fill)
+    cdef void _cache_wake(self, CacheFill fill)
+    cdef void _cache_go_upstream(self)

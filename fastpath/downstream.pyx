@@ -37,11 +37,23 @@ from fastpath.head_rewrite cimport (
 from fastpath.upstream cimport (
     ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
 )
-from fastpath.exchange cimport RF_UF, RF_UT, RF_DC, RF_UC, RF_UH, TRACE_ON, TRACE_SAMPLED
+from fastpath.exchange cimport (
+    RF_UF, RF_UT, RF_DC, RF_UC, RF_UH, TRACE_ON, TRACE_SAMPLED,
+    CACHE_HIT, CACHE_MISS, CACHE_REVALIDATED, CACHE_BYPASS,
+)
 from fastpath.trace_context cimport Tracer
 from fastpath.route_table cimport RouteTable
 from fastpath.route_policy cimport RoutePolicy, RequestFacts, Verdict
-from fastpath.header_edits cimport EditValues
+from fastpath.header_edits cimport EditValues, HeaderEdits
+from fastpath.cache_entry cimport (
+    CacheEntry, entry_matches, conditional_matches, answer, mark_x_cache,
+)
+from fastpath.response_cache cimport (
+    ResponseCache, CacheExchange, CacheFill,
+    LOOKUP_HIT, LOOKUP_BYPASS, LOOKUP_ONLY_IF_CACHED, COALESCE_WAIT,
+    FILL_STORING, FILL_STORED, FILL_VALIDATED, FILL_UNCACHEABLE, RQ_UNSAFE,
+)
+from fastpath.response_cache import COALESCE_TIMEOUT
 from fastpath.service_cluster cimport ServiceCluster
 from fastpath.stats cimport WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP
 from fastpath.tunnel import join_tunnel
@@ -70,6 +82,15 @@ cdef enum Deadline:
     DL_HEADER           # a request head must be complete by then
     DL_IDLE             # keep-alive connection with no request
     DL_REQUEST          # the response must be complete by then
+    DL_CACHE_WAIT       # waiting for the same response in flight (response cache): go upstream
+
+# What the response cache stage did with a request (HttpDownstream._cache_stage).
+cdef enum CacheStage:
+    STAGE_FORWARD = 0   # go on upstream
+    STAGE_ANSWERED      # answered (from the store, or 504 for only-if-cached)
+    STAGE_WAITING       # waits for the same response, already on its way
+
+X_CACHE_MISS = b"x-cache: MISS\r\n"
 
 STATUS_TEXT = {status.value: status.phrase for status in http.HTTPStatus}
 STATUS_TEXT[413] = "Content Too Large"      # RFC 9110's name
@@ -241,6 +262,9 @@ cdef class HttpDownstream(ResponseSink):
         self.writing_paused = False
         if self.upstream is not None:
             self.upstream.resume_reading()
+        if self.cache_x is not None and self.cache_x.end_on_resume:
+            self.cache_x.end_on_resume = False
+            self._end_exchange()        # an answer from the store has drained
 
     # -- requests ---------------------------------------------------------------------
 
@@ -287,18 +311,15 @@ cdef class HttpDownstream(ResponseSink):
         """Starts the exchange for the parsed head; False when answered locally.
 
         The request's way, top to bottom: route (route_table.pyx) -> the route's policy
-        (route_policy.pyx: authn, authz, rate limit, body limit, fault) -> destination
+        (route_policy.pyx: authn, authz, rate limit, body limit, fault) -> the route's
+        response cache (response_cache.pyx; a hit is answered here) -> destination
         (the route's weighted services, the app, or the outbound router; each service a
         ServiceCluster) -> request header edits -> forward, after a fault delay if any."""
         cdef MessageHead req = self.req
         cdef RoutePolicy policy = None
-        cdef ServiceCluster cluster
-        cdef EndpointPool pool
         cdef Verdict v
-        cdef EditValues ev
-        cdef bytes head
         cdef bytes authority = None
-        cdef bytes extra = None
+        cdef int stage
         self._begin_record(req.method)
         if self.ctx.tracer is not None:
             self.ctx.tracer.start_exchange(&self.rec.trace, req)
@@ -320,6 +341,7 @@ cdef class HttpDownstream(ResponseSink):
             # absolute-form target names its authority (and routes by it).
             authority = host_for(req, None)
         v.delay = 0
+        v.abort_after_delay = 0
         if self.ctx.routes is not None:
             self.facts.path.load(req)
             policy = self.ctx.routes.match(req, self.facts.path)
@@ -337,7 +359,24 @@ cdef class HttpDownstream(ResponseSink):
                 return False
             self.body_limit = policy.max_request_body
 
-        # (A per-route response cache answers here, before a destination is chosen.)
+        if policy is not None and policy.cache is not None and v.delay == 0:
+            # The response cache answers here, before a destination is chosen (a request
+            # a fault delays goes upstream as drawn, without it).
+            stage = self._cache_stage(policy.cache, authority)
+            if stage != STAGE_FORWARD:
+                return stage == STAGE_WAITING
+        return self._forward(authority, v.delay, v.abort_after_delay)
+
+    cdef bint _forward(self, bytes authority, double delay, int abort_after_delay):
+        """The rest of `_start_request`, from the destination on; False when answered
+        locally. Also where a request that waited for the response cache goes upstream."""
+        cdef MessageHead req = self.req
+        cdef RoutePolicy policy = self.route_policy
+        cdef ServiceCluster cluster
+        cdef EndpointPool pool
+        cdef EditValues ev
+        cdef bytes head
+        cdef bytes extra = None
         pool = self.ctx.app_pool
         if policy is not None and policy.clusters:
             cluster = policy.pick_cluster()
@@ -380,6 +419,8 @@ cdef class HttpDownstream(ResponseSink):
             policy.request_edits.mark_drops(req)
             self._edit_values(&ev)
             extra = policy.request_edits.added_lines(&ev)
+        if self.cache_x is not None and self.cache_x.fill is not None:
+            extra = self.cache_x.fill.request_lines(extra)     # a revalidation's validators
         head = build_request_head(req, self.client_ip if self.ctx.add_xff else None,
                                   self.ctx.request_id, authority, &self.rec.trace, extra)
         self.retry_head = head if req.body_kind == BODY_NONE else None
@@ -394,11 +435,11 @@ cdef class HttpDownstream(ResponseSink):
         else:
             self.state = D_RESPONSE
             self.request_done = True
-        if v.delay > 0:
+        if delay > 0:
             # Fault delay: the request (and its body, queued) waits before going upstream.
-            self.delay_abort = v.abort_after_delay
-            self.delay_until = self.rec.start + v.delay
-            self.delay_handle = self.ctx.loop.call_later(v.delay, self._delay_done)
+            self.delay_abort = abort_after_delay
+            self.delay_until = self.rec.start + delay
+            self.delay_handle = self.ctx.loop.call_later(delay, self._delay_done)
             return True
         pool.acquire(self)
         return True
@@ -593,10 +634,15 @@ cdef class HttpDownstream(ResponseSink):
             # Close-delimited for an HTTP/1.0 client, or the response came before the
             # whole request did: this connection ends with this response.
             self.close_after = True
+        if self.cache_x is not None and self.cache_x.on_route and self._cache_response_head(
+                resp, framing, tail, tail_len):
+            return          # a 304 validated the stored response, which answered
         if self.route_policy is not None and self.route_policy.response_edits is not None:
             self.route_policy.response_edits.mark_drops(resp)
             self._edit_values(&ev)
             extra = self.route_policy.response_edits.added_lines(&ev)
+        if self.cache_x is not None and self.cache_x.on_route:
+            extra = X_CACHE_MISS if extra is None else extra + X_CACHE_MISS
         self.transport.write(build_response_head(
             resp, framing, self.close_after, self.req.version == 10 and not self.close_after,
             extra, tail, tail_len))
@@ -629,9 +675,13 @@ cdef class HttpDownstream(ResponseSink):
     cdef void on_response_body(self, bytes chunk):
         self.rec.response_bytes += PyBytes_GET_SIZE(chunk)
         self.transport.write(chunk)
+        if self.cache_x is not None and self.cache_x.fill is not None:
+            self._cache_body(chunk)
 
     cdef void on_response_end(self):
         self.upstream = None
+        if self.cache_x is not None and self.cache_x.fill is not None:
+            self.cache_x.fill.finish()          # a storable response is stored now
         if self.state == D_BODY:
             self.close_after = True
         self._end_exchange()
@@ -682,6 +732,8 @@ cdef class HttpDownstream(ResponseSink):
             return
         self.in_exchange = False
         self.rec.flags |= flags
+        if self.cache_x is not None:
+            self._cache_exchange_done()
         self.ctx.exchange_done(self)
 
     cdef void _end_exchange(self):
@@ -781,7 +833,7 @@ cdef class HttpDownstream(ResponseSink):
                 self.rec.response_bytes, self.rec.retries, self.client_ip,
                 self.facts.principal.name if self.facts.principal is not None else None,
                 (self.rec.trace.trace_hi, self.rec.trace.trace_lo) if trace else None,
-                self.rec.trace.span_id if trace else None)
+                self.rec.trace.span_id if trace else None, self.rec.cache)
 
     def refuse_not_http(self):
         """The connection's first bytes are not an HTTP/1 request and cannot go anywhere else."""
@@ -833,6 +885,160 @@ cdef class HttpDownstream(ResponseSink):
                 self.transport.abort()
             else:
                 self._local_response(504, "upstream request timeout", True)
+        elif kind == DL_CACHE_WAIT and self.state != D_CLOSED:
+            # The response this one waited for is slow: fetch it now, and later misses
+            # wait for this fetch instead (the slow one may never end).
+            self.cache_x.waiting_on = None
+            self.cache_x.cache.lead(self.req, self.cache_x, monotonic_now())
+            self._cache_go_upstream()
+
+
+    # -- the route's response cache (the store and its rules: response_cache.pyx) ---------
+
+    cdef int _cache_stage(self, ResponseCache cache, bytes authority) except -1:
+        """Looks the request up in the route's cache (a CacheStage): answered from the
+        store, waiting for the same response already on its way, or forward (with
+        cache_x.fill set when the response may be stored)."""
+        cdef CacheExchange x = self.cache_x
+        cdef int outcome
+        cdef double now = monotonic_now()
+        if x is None:
+            x = self.cache_x = CacheExchange()
+        x.authority = authority
+        x.on_route = True
+        outcome = cache.lookup(self.req, x, now)
+        if outcome == LOOKUP_HIT:
+            self.rec.cache = CACHE_HIT
+            self._serve_from_cache(x.entry, True)
+            return STAGE_WAITING if self.state == D_RESPONSE else STAGE_ANSWERED
+        if outcome == LOOKUP_BYPASS:
+            self.rec.cache = CACHE_BYPASS
+            return STAGE_FORWARD
+        self.rec.cache = CACHE_MISS
+        if outcome == LOOKUP_ONLY_IF_CACHED:
+            x.on_route = False
+            self._local_response(504, "not in the cache (only-if-cached)", False)
+            return STAGE_ANSWERED
+        if cache.coalesce(self.req, x, self, now) == COALESCE_WAIT:
+            self.state = D_RESPONSE
+            self.request_done = True
+            self.deadline = self.ctx.now + COALESCE_TIMEOUT
+            self.deadline_kind = DL_CACHE_WAIT
+            return STAGE_WAITING
+        return STAGE_FORWARD
+
+    cdef void _serve_from_cache(self, CacheEntry entry, bint end):
+        """Writes the answer from a stored response (one write), with the route's
+        response edits; ends the exchange when `end` (a 304 that validated the entry
+        ends it when the upstream's response does). A client that does not read gets
+        no more answers meanwhile: once the write buffer is full, the exchange ends
+        (and the next pipelined request starts) when it drains, as a proxied response
+        would wait for it."""
+        cdef CacheExchange x = self.cache_x
+        cdef MessageHead req = self.req
+        cdef RoutePolicy policy = self.route_policy
+        cdef HeaderEdits edits = policy.response_edits if policy is not None else None
+        cdef EditValues ev
+        cdef bytes extra = None
+        cdef bint head_only = req.method == M_HEAD
+        cdef bint not_modified = x.flags != 0 and conditional_matches(
+            entry, req, x.if_none_match, x.if_modified_since)
+        if req.request_id_index < 0 and not self.generated_id:
+            self.ctx.request_id.next()
+            memcpy(self.request_id, self.ctx.request_id.text, 36)
+            self.generated_id = True
+        if edits is not None:
+            self._edit_values(&ev)
+            extra = edits.added_lines(&ev)
+        self.response_started = True
+        self.rec.status = 304 if not_modified else entry.status
+        if self.rec.service < 0:
+            self.rec.service = entry.service    # the service whose response it is
+        if not (head_only or not_modified):
+            self.rec.response_bytes += PyBytes_GET_SIZE(entry.body)
+        self.transport.write(answer(
+            entry, self.rec.cache == CACHE_HIT, head_only, not_modified, self.close_after,
+            req.version == 10 and not self.close_after, edits, extra, monotonic_now()))
+        if not end:
+            return
+        if self.writing_paused:
+            self.state = D_RESPONSE
+            x.end_on_resume = True
+            return
+        if self.processing:
+            self.state = D_RESPONSE
+        self._end_exchange()
+
+    cdef bint _cache_response_head(self, MessageHead resp, int framing, const char* tail,
+                                   Py_ssize_t tail_len):
+        """The upstream's response head on a cache route: True when a 304 validated the
+        stored response and the client was answered from it. Otherwise the response is
+        forwarded; its fill captures it or lets it pass (and its waiters go upstream)."""
+        cdef CacheExchange x = self.cache_x
+        cdef CacheFill fill = x.fill
+        mark_x_cache(resp)
+        if x.flags & RQ_UNSAFE and resp.status < 400:
+            x.cache.invalidate(x.key)
+        if fill is None:
+            return False
+        fill.origin.service = self.rec.service
+        if fill.response_head(resp, self.req, framing, tail, tail_len, monotonic_now()):
+            self.rec.cache = CACHE_REVALIDATED
+            self._serve_from_cache(fill.entry, False)
+            return True
+        if fill.state != FILL_STORING:
+            x.fill = None
+            self._cache_release(fill)
+        return False
+
+    cdef void _cache_body(self, bytes chunk):
+        cdef CacheFill fill = self.cache_x.fill
+        if not fill.add_body(chunk):
+            # Over max_entry (or not kept): the rest passes through, the waiters go upstream.
+            self.cache_x.fill = None
+            self._cache_release(fill)
+
+    cdef void _cache_exchange_done(self):
+        """The exchange ended: a fill it led is released (stored, or not)."""
+        cdef CacheExchange x = self.cache_x
+        cdef CacheFill fill = x.fill
+        x.on_route = False
+        x.waiting_on = None
+        x.entry = None
+        x.end_on_resume = False
+        if fill is not None:
+            x.fill = None
+            self._cache_release(fill)
+
+    cdef void _cache_release(self, CacheFill fill):
+        """Wakes the exchanges that waited for `fill` (see response_cache.pyx)."""
+        cdef HttpDownstream conn
+        for waiter in fill.release():
+            conn = <HttpDownstream>waiter
+            if conn.cache_x is not None and conn.cache_x.waiting_on is fill and conn.state != D_CLOSED:
+                conn.cache_x.waiting_on = None
+                conn._cache_wake(fill)
+
+    cdef void _cache_wake(self, CacheFill fill):
+        """The response this exchange waited for is in (or will not come)."""
+        cdef CacheExchange x = self.cache_x
+        cdef int state = fill.state
+        self.deadline = 0
+        self.deadline_kind = DL_NONE
+        if (state == FILL_STORED or state == FILL_VALIDATED) and entry_matches(fill.entry, self.req):
+            self.rec.cache = CACHE_HIT
+            self._serve_from_cache(fill.entry, True)
+        elif state == FILL_UNCACHEABLE:
+            self._cache_go_upstream()       # each on its own, as without a cache
+        elif self._cache_stage(x.cache, x.authority) == STAGE_FORWARD:
+            # The fetch failed, or stored another variant: looked up again, and this
+            # one fetches (the others that waited now wait for it).
+            self._cache_go_upstream()
+
+    cdef void _cache_go_upstream(self):
+        self.deadline = 0
+        self.deadline_kind = DL_NONE
+        self._forward(self.cache_x.authority, 0.0, 0)
 
 
 # -- tracing ------------------------------------------------------------------------------

@@ -27,9 +27,11 @@ cdef enum Decision:
     DECISION_DENY
 
 cdef enum CacheResult:
-    CACHE_NONE = 0      # the route has no cache, or the request is not cacheable
-    CACHE_HIT
-    CACHE_MISS
+    CACHE_NONE = 0      # the route has no cache (or the request was refused before it)
+    CACHE_HIT           # answered from the store, without an upstream request
+    CACHE_MISS          # looked up, and went upstream
+    CACHE_REVALIDATED   # a stored response, validated upstream (304), answered it
+    CACHE_BYPASS        # a request the cache does not take (POST, no-store, Range...)
 
 # TraceContext.flags bits (see trace_context.pyx for the propagation rules).
 cdef enum TraceFlag:

@@ -14,6 +14,10 @@ RoutePolicy (route_policy.pyx) with the stages it configures:
               refill every bucket
   fault       FaultInjector (fault.pyx)
   headers     HeaderEdits (header_edits.pyx), request and response
+  cache       ResponseCache (response_cache.pyx): `ttl`, `max_entry`, `max_total`. A store
+              whose route kept its name, direction, cache settings and destination (its
+              services, or the inbound app) is carried over with its entries; any change
+              of those starts the route with an empty store
   service     the weighted ServiceClusters of the outbound router
 
 Key files are shared by path between routes, and checked for changes by `check_files`
@@ -26,6 +30,7 @@ from fastpath.authn import Authenticator
 from fastpath.authz import AuthzPolicy
 from fastpath.fault import FaultInjector
 from fastpath.header_edits import HeaderEdits
+from fastpath.response_cache import ResponseCache
 from fastpath.route_policy import RoutePolicy
 from fastpath.route_table import METHOD_CODES, RouteTable
 from fastpath.token_bucket import TokenBucketLimiter
@@ -45,11 +50,13 @@ def worker_share(rate: float, burst: int, workers: int):
 class PolicySet:
     """What one config's routes compile to in a worker."""
 
-    def __init__(self, inbound: RouteTable, outbound: RouteTable, files: dict, limiters: dict):
+    def __init__(self, inbound: RouteTable, outbound: RouteTable, files: dict, limiters: dict,
+                 caches: dict = None):
         self.inbound = inbound
         self.outbound = outbound
         self.files = files          # (kind, path) -> WatchedFile
         self.limiters = limiters    # limiter_key -> TokenBucketLimiter
+        self.caches = caches or {}  # cache_key -> ResponseCache
 
     def check_files(self):
         """Reloads the key files that changed (a bad new version keeps the last good)."""
@@ -65,6 +72,7 @@ class _Compiler:
         self.seed = seed
         self.files = {}
         self.limiters = {}
+        self.caches = {}
         self.service_index = {s.name: i for i, s in enumerate(cfg.services)}
 
     def watched(self, kind, path):
@@ -125,10 +133,21 @@ class _Compiler:
         clusters = [self.router.clusters[self.service_index[s.name]] for s in route.service] \
             if direction == "outbound" else []
         weights = [s.weight for s in route.service] if clusters else []
+        cache = None
+        if route.cache:
+            c = route.cache
+            if clusters:        # by name, weight and config index (the index labels hits)
+                destination = tuple((s.name, s.weight, self.service_index[s.name]) for s in route.service)
+            else:
+                destination = tuple(self.cfg.inbound.app) if direction == "inbound" else None
+            ckey = (direction, route.name, c["ttl"], c["max_entry"], c["max_total"], destination)
+            old = self.previous.caches.get(ckey) if self.previous is not None else None
+            cache = old if old is not None else ResponseCache(c["ttl"], c["max_entry"], c["max_total"])
+            self.caches[ckey] = cache
         return RoutePolicy(
             index, route.name, authn, authz, limiter, rate_key,
             route.max_request_body if route.max_request_body is not None else -1,
-            fault, request_edits, response_edits, clusters, weights, self._seed(index, 3))
+            fault, request_edits, response_edits, clusters, weights, self._seed(index, 3), cache)
 
     def table(self, direction):
         routes = [r for r in self.cfg.routes if r.direction == direction]
@@ -150,4 +169,4 @@ def compile_policy(cfg, router, previous: PolicySet = None, seed=None) -> Policy
     c = _Compiler(cfg, router, previous, seed)
     inbound = c.table("inbound")
     outbound = c.table("outbound")
-    return PolicySet(inbound, outbound, c.files, c.limiters)
+    return PolicySet(inbound, outbound, c.files, c.limiters, c.caches)

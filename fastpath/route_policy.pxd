@@ -10,6 +10,7 @@ from fastpath.fault cimport FaultInjector
 from fastpath.header_edits cimport HeaderEdits
 from fastpath.service_cluster cimport ServiceCluster
 from fastpath.fast_random cimport Rng
+from fastpath.response_cache cimport ResponseCache
 
 cdef enum RateLimitKey:
     RLK_CLIENT_IP = 0
@@ -56,6 +57,7 @@ cdef class RoutePolicy:
     cdef FaultInjector fault
     cdef HeaderEdits request_edits
     cdef HeaderEdits response_edits
+    cdef readonly ResponseCache cache   # the route's response cache, or None
     cdef list clusters               # ServiceCluster per weighted entry (outbound routes)
     cdef unsigned int* weights       # cumulative
     cdef unsigned int total_weight

@@ -9,9 +9,11 @@
                  is counted as it streams, by the downstream)
     fault        delay (flag DI) and/or abort (the configured status, flag FI)
     headers      request edits now; response edits when the response head arrives
+    cache        the route's ResponseCache (response_cache.pyx): the downstream looks the
+                 request up once the chain lets it through, before a destination is
+                 chosen, and a hit is answered without an upstream
     destination  outbound routes: a weighted pick among the route's services, each a
-                 ServiceCluster (load balancing and resilience live there); a per-route
-                 response cache would slot in here, before the upstream
+                 ServiceCluster (load balancing and resilience live there)
 
 Each stage is its own module, compiled from config once (fastpath.policy); `decide` runs
 the stages in C with the request's parsed head and the connection's facts, and creates no
@@ -37,6 +39,7 @@ from fastpath.fault cimport FaultInjector
 from fastpath.header_edits cimport HeaderEdits
 from fastpath.service_cluster cimport ServiceCluster
 from fastpath.fast_random cimport Rng, rng_seed, rng_below
+from fastpath.response_cache cimport ResponseCache
 
 
 cdef extern from "strings.h":
@@ -77,9 +80,10 @@ cdef class RoutePolicy:
                   TokenBucketLimiter ratelimit=None, str ratelimit_key="client_ip",
                   long long max_request_body=-1, FaultInjector fault=None,
                   HeaderEdits request_edits=None, HeaderEdits response_edits=None,
-                  clusters=(), weights=(), seed=None):
+                  clusters=(), weights=(), seed=None, ResponseCache cache=None):
         """The stages of route `name` (index `index` among its direction's routes); any
-        may be None. `clusters`/`weights`: the weighted services of an outbound route."""
+        may be None. `clusters`/`weights`: the weighted services of an outbound route;
+        `cache`: its response cache."""
         cdef int i
         cdef unsigned int running = 0
         cdef uint64_t s
@@ -104,6 +108,7 @@ cdef class RoutePolicy:
         self.fault = fault
         self.request_edits = request_edits
         self.response_edits = response_edits
+        self.cache = cache
         self.clusters = list(clusters)
         self.weights = <unsigned int*>calloc(max(1, len(self.clusters)), sizeof(unsigned int))
         if self.weights == NULL:

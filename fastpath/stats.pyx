@@ -294,8 +294,10 @@ cdef class WorkerStats:
 
     def count_exchange(self, int direction, int route=-1, int service=-1, int method=0,
                        int status=200, unsigned int flags=0, long long request_bytes=0,
-                       long long response_bytes=0, double duration=0.0, double start=1.0):
-        """Counts an exchange described by these values, as exchange_done would."""
+                       long long response_bytes=0, double duration=0.0, double start=1.0,
+                       int cache=0):
+        """Counts an exchange described by these values, as exchange_done would
+        (`cache`: its CacheResult)."""
         cdef ExchangeRecord rec
         memset(&rec, 0, sizeof(rec))
         rec.start = start
@@ -306,6 +308,7 @@ cdef class WorkerStats:
         rec.flags = flags
         rec.request_bytes = request_bytes
         rec.response_bytes = response_bytes
+        rec.cache = cache
         self.record_exchange(direction, &rec, start + duration)
 
     def open_connection(self, int direction, int protocol):

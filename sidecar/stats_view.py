@@ -70,7 +70,27 @@ def render(stats: dict):
     for wk in stats["workers"]:
         workers.add_row(str(wk["index"]), str(wk["pid"]), "yes" if wk["ready"] else "no",
                         str(wk["generation"]))
-    return Group(head, *checks, requests, conns, workers)
+    return Group(head, *checks, requests, conns, workers, *_kernel_tables(ic))
+
+
+def _kernel_tables(ic):
+    """The kernel's traffic (top label sets by bytes) and drops, in ebpf mode."""
+    out = []
+    traffic = ic.get("traffic")
+    if traffic:
+        table = Table(title="Kernel traffic (%d of %d label sets; top by bytes)" % (
+            traffic["entries"], traffic["max_entries"]))
+        for col in ("direction", "peer", "port", "protocol", "bytes", "packets"):
+            table.add_column(col, justify="right" if col in ("bytes", "packets", "port") else "left")
+        for r in traffic["top"]:
+            table.add_row(r["direction"], r["peer"], str(r["port"]), r["protocol"], str(r["bytes"]),
+                          str(r["packets"]))
+        out.append(table)
+    drops = ic.get("drops")
+    if drops:
+        out.append(Text("kernel drops: " + ", ".join("%s %d" % kv for kv in drops.items()),
+                        style="yellow" if any(drops.values()) else ""))
+    return out
 
 
 def run_stats(url: str, watch: bool, interval: float) -> int:

@@ -230,13 +230,15 @@ class Loader:
 
     def attach(self, programs, targets) -> list:
         """Attaches each program with a bpf link to its target (in FAMILIES order, so
-        programs sharing a tcx hook run in that order: each link is appended) and pins
-        the link as links/<function>."""
+        programs sharing a tcx hook run in that order: each link is appended, or put
+        before the others for a `Program(first=True)`) and pins the link as
+        links/<function>."""
         out = []
         for family, prog, prog_fd in programs:
             where, target, owned_fd = _TARGETS[prog.target](targets, prog, self.path)
             try:
-                link = syscall.link_create(prog_fd, target, prog.attach_type)
+                link = syscall.link_create(prog_fd, target, prog.attach_type,
+                                           syscall.BPF_F_BEFORE if prog.first else 0)
             except OSError as e:
                 reason = "cannot attach %s (%s) to %s: %s" % (
                     prog.function, ATTACH_TYPE_NAMES.get(prog.attach_type), where, e.strerror)

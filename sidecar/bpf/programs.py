@@ -8,8 +8,11 @@ bpf/lib/, mirrored in layout.MAPS), one
 maps take values from config, the Plan fields it needs (`plan_from_config`) and an entry in
 sidecar.bpf.config_maps. The loader, `sidecar bpf status` and `sidecar bpf cleanup` need no
 change: they walk FAMILIES and the instance directory. Programs sharing a tcx hook run in
-FAMILIES order (the loader appends each link), so a policy family that must drop before
-inbound steering goes before it.
+FAMILIES order (the loader appends each link), except a `Program(first=True)`, attached
+before whatever is already there: on tcx ingress that is kernel_policy's sc_policy, then
+inbound_steer's sc_inbound, then traffic_counters' sc_count_in (a dropped packet is neither
+steered nor counted as traffic). A program attached to a map (sk_msg, sk_skb on a
+sockhash) needs one more target kind: an entry in TARGETS and its resolver in the loader.
 
 Attach points (`Program.target`), resolved by the loader:
     app_cgroup      interception.cgroup: the app's cgroup v2 directory; with `pod` the
@@ -22,9 +25,10 @@ Attach points (`Program.target`), resolved by the loader:
                     programs run on the sockets in a sockhash
 Never the root cgroup, never a host interface: the loader refuses both (see preflight).
 
-Which families a plan loads: in ebpf mode the interception families and the data-path
-ones its config asks for; in iptables mode (the rules do the interception) only the
-data-path ones (local-hop acceleration, splice), when asked for.
+Which families a plan loads: in ebpf mode the interception families, the interface's
+counters and policy (with interception.interface) and the data-path ones its config asks
+for; in iptables mode (the rules do the interception) only the data-path ones (local-hop
+acceleration, splice), when asked for.
 
 This module imports no bcc: the manager and the CLI read it too.
 """
@@ -66,6 +70,8 @@ class Program:
     expected_attach_type: bool = False   # the kernel wants attach_type at load time too
                                          # (CGROUP_SOCK_ADDR, CGROUP_SOCKOPT)
     target_map: Optional[str] = None     # target "map": the pinned map's name (maps/<name>)
+    first: bool = False      # tcx: attach before the programs already on the hook
+                             # (BPF_F_BEFORE), whatever FAMILIES order says
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,15 @@ class Plan:
     accelerate_local: bool = False   # interception.accelerate_local (needs app_cgroup)
     app: tuple = ("127.0.0.1", 8080)  # inbound.app, the inbound hop's server end
     splice: bool = False             # tunnels spliced in the kernel (interception.splice)
+    # kernel policy (kernel_policy.c) and traffic counters (traffic_counters.c)
+    deny_cidrs: list = field(default_factory=list)        # normalised CIDR strings
+    allow_inbound_ports: list = field(default_factory=list)   # empty: every port allowed
+    sidecar_ports: list = field(default_factory=list)     # always allowed, never SYN-limited
+    server_ports: list = field(default_factory=list)      # ports the pod serves on (config)
+    syn_rate: Optional[float] = None                      # SYNs per second per source
+    syn_burst: Optional[int] = None
+    ephemeral_low: int = 32768                            # the pod's ip_local_port_range start
+    skip_families: list = field(default_factory=list)     # not loaded (benchmarks: what one costs)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -144,8 +159,26 @@ FAMILIES += (
 )
 
 
+# The pod interface's counters and L3/L4 policy: ebpf mode's, like inbound steering (in
+# iptables mode the loader runs only for the data-path families above, and the traffic
+# collectors are not registered: sidecar.interception.ebpf).
+FAMILIES += (
+    # First on tcx ingress (Program.first): drops before steering and counting see a packet.
+    Family("kernel_policy", "kernel_policy.c", (
+        Program("sc_policy", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, "interface", first=True),
+    ), wanted=lambda plan: plan.interception == "ebpf" and plan.interface is not None,
+       kernel="tcx links (6.6+)"),
+    # Last on tcx ingress: counts what policy and steering let through.
+    Family("traffic_counters", "traffic_counters.c", (
+        Program("sc_count_in", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, "interface"),
+        Program("sc_count_out", ProgType.SCHED_CLS, AttachType.TCX_EGRESS, "interface"),
+    ), wanted=lambda plan: plan.interception == "ebpf" and plan.interface is not None,
+       kernel="tcx links (6.6+)"),
+)
+
+
 def wanted_families(plan: Plan) -> list:
-    return [f for f in FAMILIES if f.wanted(plan)]
+    return [f for f in FAMILIES if f.wanted(plan) and f.name not in plan.skip_families]
 
 
 def program_names() -> dict:
@@ -181,6 +214,7 @@ def cflags_for(plan: Plan, map_dir: str) -> list:
         "-DSC_OUT_IP6_3=0x%08x" % words[3],
         "-DSC_IN_PORT=%d" % plan.inbound_port,
         "-DSC_FAIL_OPEN=%d" % (1 if plan.fail_open else 0),
+        "-DSC_EPHEMERAL_LOW=%d" % plan.ephemeral_low,
     ] + _app_flags(plan.app)
 
 
@@ -193,16 +227,38 @@ def _app_flags(app) -> list:
         "-DSC_APP_IP6_%d=0x%08x" % (i, w) for i, w in enumerate(words)]
 
 
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def ephemeral_port_low(path: str = EPHEMERAL_RANGE) -> int:
+    """The first port of this network namespace's ephemeral range (where client sockets
+    take their local port), 32768 when it cannot be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def plan_from_config(cfg, instance: str) -> Plan:
     """The load plan of config `cfg` for `instance`."""
-    from sidecar.interception.ports import excluded_inbound_ports, excluded_outbound_ports
+    from sidecar.interception.ports import (
+        excluded_inbound_ports, excluded_outbound_ports, sidecar_ports)
     ic = cfg.interception
+    k = cfg.kernel
+    own = sorted(sidecar_ports(cfg))
     return Plan(instance=instance, app_cgroup=ic.cgroup, interface=ic.interface,
                 outbound=tuple(cfg.outbound.listen), inbound_port=cfg.inbound.listen[1],
                 fail_open=ic.fail == "open", exclude_outbound=excluded_outbound_ports(cfg),
                 exclude_inbound=excluded_inbound_ports(cfg), interception=ic.mode,
                 accelerate_local=accelerates_local_hops(cfg), app=app_endpoint(cfg),
-                splice=splices_tunnels(cfg))
+                splice=splices_tunnels(cfg),
+                deny_cidrs=list(k.deny_cidrs), allow_inbound_ports=sorted(set(k.allow_inbound_ports)),
+                sidecar_ports=own,
+                server_ports=sorted(set(k.allow_inbound_ports) | set(cfg.inbound.tcp_passthrough_ports)
+                                    | set(own)),
+                syn_rate=k.syn_rate_limit, syn_burst=k.syn_burst,
+                ephemeral_low=ephemeral_port_low())
 
 
 def accelerates_local_hops(cfg) -> bool:

@@ -306,6 +306,14 @@ def _map_fill(fd, info):
     return len(syscall.map_keys(fd, info["key_size"]))
 
 
+def _map_memory(fd):
+    """Kernel memory the map takes (fdinfo's memlock: its real usage on 6.x kernels)."""
+    try:
+        return int(syscall.fdinfo(fd).get("memlock", 0))
+    except (OSError, ValueError):
+        return None
+
+
 def read_maps(path: str, fill: bool = True) -> list:
     out = []
     for name in _listdir(maps_dir(path)):
@@ -318,7 +326,8 @@ def read_maps(path: str, fill: bool = True) -> list:
             continue
         try:
             info = syscall.map_info(fd)
-            entry.update({"id": info["id"], "max_entries": info["max_entries"]})
+            entry.update({"id": info["id"], "max_entries": info["max_entries"],
+                          "memory_bytes": _map_memory(fd)})
             if fill:
                 entry["entries"] = _map_fill(fd, info)
         finally:
@@ -352,6 +361,24 @@ def read_port_set(path: str, name: str) -> list:
         os.close(fd)
 
 
+def kernel_tables(path: str) -> dict:
+    """The traffic counters (summary), drops by reason and the enforced kernel policy of
+    the instance at `path`; keys absent where those families are not loaded."""
+    from sidecar.bpf.policy import read_policy
+    from sidecar.bpf.traffic import read_drops, read_traffic, traffic_summary
+    out = {}
+    rows = read_traffic(maps_dir(path))
+    if rows is not None:
+        out["traffic"] = traffic_summary(rows)
+    drops = read_drops(maps_dir(path))
+    if drops:
+        out["drops"] = drops
+    policy = read_policy(maps_dir(path))
+    if policy:
+        out["policy"] = policy
+    return out
+
+
 def describe_instance(name: str, root: str = BPFFS_ROOT, fill: bool = True) -> dict:
     """The whole state of one instance, as `sidecar bpf status` shows it."""
     path = instance_dir(name, root)
@@ -361,10 +388,12 @@ def describe_instance(name: str, root: str = BPFFS_ROOT, fill: bool = True) -> d
         state = "handed_over"
     else:
         state = "live" if alive else "unknown" if alive is None else "stale"
-    return {"instance": name, "path": path, "owner": owner, "state": state,
-            "owner_status": why, "links": read_links(path, owner),
-            "maps": read_maps(path, fill), "counters": read_counters(path),
-            "local_hops": read_hop_counters(path)}
+    out = {"instance": name, "path": path, "owner": owner, "state": state,
+           "owner_status": why, "links": read_links(path, owner),
+           "maps": read_maps(path, fill), "counters": read_counters(path),
+           "local_hops": read_hop_counters(path)}
+    out.update(kernel_tables(path))
+    return out
 
 
 # -- local-hop acceleration ---------------------------------------------------------------------

@@ -91,8 +91,9 @@ def _print_human(status: dict, out=sys.stdout):
                 "" if link.get("attached", True) else "  (detached: target gone)"))
         w("  maps:\n")
         for m in inst["maps"]:
-            w("    %-14s %7s / %-7s %s\n" % (m["name"], m.get("entries", "?"), m.get("max_entries", "?"),
-                                          m.get("holds") or ""))
+            w("    %-14s %7s / %-7s %9s  %s\n" % (
+                m["name"], m.get("entries", "?"), m.get("max_entries", "?"),
+                _kib(m.get("memory_bytes")), m.get("holds") or ""))
         if inst["counters"]:
             w("  counters:\n")
             for name, value in inst["counters"].items():
@@ -103,6 +104,7 @@ def _print_human(status: dict, out=sys.stdout):
             for name, value in inst["local_hops"].items():
                 if name != "accelerated_sockets":
                     w("    %-22s %d\n" % (name, value))
+        _print_kernel_tables(inst, w)
     ipt = status["iptables"]
     if "error" in ipt:
         w("iptables: %s\n" % ipt["error"])
@@ -128,6 +130,37 @@ def _same_cgroup(path: str, cgroup_id: int) -> bool:
         return os.stat(path).st_ino == cgroup_id
     except OSError:
         return False
+
+
+def _kib(n):
+    return "-" if n is None else "%.0f KiB" % (n / 1024)
+
+
+def _print_kernel_tables(inst, w):
+    """Drops, traffic and the enforced policy (kernel_policy and traffic_counters)."""
+    if "drops" in inst:
+        w("  drops:\n")
+        for reason, n in inst["drops"].items():
+            w("    %-22s %d\n" % (reason, n))
+    traffic = inst.get("traffic")
+    if traffic:
+        t = traffic["totals"]
+        w("  traffic (%d of %d label sets): inbound %d bytes / %d packets, outbound %d bytes / %d packets\n"
+          % (traffic["entries"], traffic["max_entries"], t["inbound"]["bytes"], t["inbound"]["packets"],
+             t["outbound"]["bytes"], t["outbound"]["packets"]))
+        for r in traffic["top"]:
+            w("    %-8s %-39s %5s/%-6s %12d bytes %9d packets\n" % (
+                r["direction"], r["peer"], r["port"], r["protocol"], r["bytes"], r["packets"]))
+    policy = inst.get("policy")
+    if policy:
+        syn = policy["syn_rate_limit"]
+        w("  policy: deny %s; inbound ports %s (always: %s); SYN limit %s\n" % (
+            ", ".join(policy["deny_cidrs"]) or "none",
+            "all" if policy["allow_inbound_ports"] is None else
+            ", ".join(map(str, policy["allow_inbound_ports"])) or "none",
+            ", ".join(map(str, policy["always_allowed_ports"])) or "-",
+            "%g/s per source, burst %d (%d sources tracked)" % (syn["per_second"], syn["burst"],
+                                                               policy["syn_sources"]) if syn else "none"))
 
 
 def cmd_status(args) -> int:

@@ -14,6 +14,7 @@ __all__ = [
     "link_create", "link_detach", "prog_info", "map_info", "link_info", "object_kind",
     "fdinfo", "possible_cpus", "prog_get_fd_by_id", "sum_percpu_u64",
     "BPF_MAP_TYPE_ARRAY", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_PERCPU_ARRAY",
+    "map_items", "tcx_program_ids", "prog_test_run", "prog_load", "BPF_F_BEFORE",
 ]
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}.get(platform.machine(), 321)
@@ -36,7 +37,10 @@ BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_F_NO_PREALLOC = 1
 PERCPU_MAP_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
                     BPF_MAP_TYPE_LRU_PERCPU_HASH}
 
@@ -79,10 +83,10 @@ def obj_pin(fd, path):
     _bpf(BPF_OBJ_PIN, _attr((0, "Q", _addr(p)), (8, "I", fd)))
 
 
-def map_create(map_type, key_size, value_size, max_entries, name=b""):
+def map_create(map_type, key_size, value_size, max_entries, name=b"", flags=0):
     fd, _ = _bpf(BPF_MAP_CREATE, _attr((0, "I", map_type), (4, "I", key_size),
                                        (8, "I", value_size), (12, "I", max_entries),
-                                       (28, "16s", name[:15])))
+                                       (16, "I", flags), (28, "16s", name[:15])))
     return fd
 
 
@@ -148,8 +152,12 @@ def map_keys(map_fd, key_size):
         cur = ctypes.create_string_buffer(nxt.raw, key_size)
 
 
+BPF_F_BEFORE = 1 << 3     # link_create flag (tcx): before every program on the hook
+
+
 def link_create(prog_fd, target, attach_type, flags=0):
-    """A bpf link attaching `prog_fd` to `target` (a cgroup directory fd or an ifindex)."""
+    """A bpf link attaching `prog_fd` to `target` (a cgroup directory fd or an ifindex);
+    `flags` BPF_F_BEFORE puts a tcx program first on its hook."""
     fd, _ = _bpf(BPF_LINK_CREATE, _attr((0, "I", prog_fd), (4, "I", target),
                                         (8, "I", attach_type), (12, "I", flags)))
     return fd
@@ -233,3 +241,85 @@ def fdinfo(fd):
             key, _, value = line.partition(":")
             out[key.strip()] = value.strip()
     return out
+
+
+# -- reading whole maps, and the order of programs on a tcx hook ------------------------------
+
+BPF_PROG_QUERY = 16
+BPF_MAP_LOOKUP_BATCH = 24
+BATCH_CHUNK = 1024
+
+
+def map_items(map_fd, key_size, value_size=None):
+    """[(key, value)] of every entry of a hash-like map (per-CPU values as map_lookup
+    gives them), read with BPF_MAP_LOOKUP_BATCH: a few syscalls for the whole map. Where
+    the kernel has no batch operation for the map type, one lookup per key."""
+    value_len = len(_value_buffer(map_fd, value_size))
+    keys = ctypes.create_string_buffer(key_size * BATCH_CHUNK)
+    values = ctypes.create_string_buffer(value_len * BATCH_CHUNK)
+    in_batch = ctypes.create_string_buffer(8)      # opaque position (a bucket index for hashes)
+    out_batch = ctypes.create_string_buffer(8)
+    items = []
+    first = True
+    while True:
+        count = ctypes.c_uint32(BATCH_CHUNK)
+        attr = _attr((0, "Q", 0 if first else _addr(in_batch)), (8, "Q", _addr(out_batch)),
+                     (16, "Q", _addr(keys)), (24, "Q", _addr(values)), (32, "I", count.value),
+                     (36, "I", map_fd))
+        buf = ctypes.create_string_buffer(bytes(attr), ATTR_SIZE)
+        ret = _libc.syscall(_NR_BPF, ctypes.c_int(BPF_MAP_LOOKUP_BATCH), buf, ctypes.c_uint(ATTR_SIZE))
+        err = ctypes.get_errno() if ret < 0 else 0
+        if ret < 0 and err in (22, 28, 95, 524):      # EINVAL, ENOSPC (a huge bucket), EOPNOTSUPP
+            pairs = [(k, map_lookup(map_fd, k, value_size)) for k in map_keys(map_fd, key_size)]
+            return [(k, v) for k, v in pairs if v is not None]
+        if ret < 0 and err != 2:                             # ENOENT: the end (count may be > 0)
+            raise OSError(err, os.strerror(err))
+        got = struct.unpack_from("I", buf.raw, 32)[0]
+        for i in range(got):
+            items.append((keys.raw[i * key_size:(i + 1) * key_size],
+                          values.raw[i * value_len:(i + 1) * value_len]))
+        if ret < 0:
+            return [(k, v) for k, v in items if v is not None]
+        ctypes.memmove(in_batch, out_batch, 8)
+        first = False
+
+
+def tcx_program_ids(ifindex, attach_type):
+    """The ids of the programs on a tcx hook of `ifindex` (in this network namespace), in
+    the order they run (BPF_PROG_QUERY)."""
+    ids = (ctypes.c_uint32 * 64)()
+    _, buf = _bpf(BPF_PROG_QUERY, _attr((0, "I", ifindex), (4, "I", attach_type),
+                                       (16, "Q", ctypes.addressof(ids)), (24, "I", 64)))
+    count = struct.unpack_from("I", buf.raw, 24)[0]
+    return list(ids[:count])
+
+
+BPF_PROG_TEST_RUN = 10
+
+
+def prog_test_run(prog_fd, data, repeat=1):
+    """Runs a loaded program on `data` (for a TC program: an Ethernet frame) `repeat` times
+    in the kernel, without attaching it (BPF_PROG_TEST_RUN); (its return value, the mean
+    run time in ns). Its map writes are real: run it on an instance of your own."""
+    buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    buf_out = ctypes.create_string_buffer(len(data) + 256)
+    _, buf = _bpf(BPF_PROG_TEST_RUN, _attr((0, "I", prog_fd), (8, "I", len(data)),
+                                          (12, "I", len(buf_out)), (16, "Q", _addr(buf_in)),
+                                          (24, "Q", _addr(buf_out)), (32, "I", repeat)))
+    retval, = struct.unpack_from("I", buf.raw, 4)
+    duration, = struct.unpack_from("I", buf.raw, 36)
+    return struct.unpack("i", struct.pack("I", retval))[0], duration
+
+
+BPF_PROG_LOAD = 5
+
+
+def prog_load(prog_type, insns: bytes, name=b"", license=b"GPL"):
+    """Loads raw eBPF instructions (8 bytes each) as a program of `prog_type`; its fd.
+    For tiny fixed programs (a benchmark's empty baseline): everything real goes
+    through bcc in the loader."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license)
+    fd, _ = _bpf(BPF_PROG_LOAD, _attr((0, "I", prog_type), (4, "I", len(insns) // 8), (8, "Q", _addr(code)),
+                                      (16, "Q", _addr(lic)), (48, "16s", name[:15])))
+    return fd

@@ -164,6 +164,7 @@ class KernelPolicy:
     deny_cidrs: list[str] = field(default_factory=list)
     allow_inbound_ports: list[int] = field(default_factory=list)   # empty: all ports allowed
     syn_rate_limit: Optional[float] = None                          # SYNs per second per source
+    syn_burst: Optional[int] = None                                 # default: one second's worth
 
 
 @dataclass

@@ -483,9 +483,10 @@ def _check_cache(values, given, path, ctx):
 
 
 CACHE = Section([
-    Field("ttl", POSITIVE_DURATION, "how long a response is served from cache", required=True),
-    Field("max_entry", SIZE, "largest cached response body", default=1 << 20),
-    Field("max_total", SIZE, "cache size", default=64 << 20),
+    Field("ttl", POSITIVE_DURATION, "freshness of a response that states none (200, 203, 204, "
+          "300, 301, 308), and the cap on what a response states", required=True),
+    Field("max_entry", SIZE, "largest cached response body (larger ones pass through)", default=1 << 20),
+    Field("max_total", SIZE, "bytes stored per worker for this route (LRU)", default=64 << 20),
 ], check=_check_cache)
 
 FAULT = Section([
@@ -554,14 +555,35 @@ def _otlp_endpoint(text: str) -> str:
     traces_url(text)            # raises ValueError with the reason
     return text
 
+
+def _check_kernel(values, given, path, ctx):
+    # The kernel tables' sizes (bpf/lib/sidecar_maps.h, mirrored in sidecar.bpf.layout):
+    # a policy that does not fit is refused here, not half-written into the kernel.
+    from sidecar.bpf.layout import MAPS
+    if values["syn_burst"] is not None and values["syn_rate_limit"] is None:
+        ctx.error_at(join(join(path, "syn_rate_limit"), "burst"), "needs syn_rate_limit.per_source too")
+    for version, table in ((4, "sc_deny4"), (6, "sc_deny6")):
+        n = sum(1 for c in values["deny_cidrs"] if ipaddress.ip_network(c).version == version)
+        if n > MAPS[table].max_entries:
+            ctx.error_at(join(path, given["deny_cidrs"]), f"{n} IPv{version} prefixes: the kernel table "
+                         f"holds at most {MAPS[table].max_entries}")
+    room = MAPS["sc_allow_in"].max_entries - 8      # the sidecar's own ports take a few
+    if len(set(values["allow_inbound_ports"])) > room:
+        ctx.error_at(join(path, given["allow_inbound_ports"]), f"at most {room} ports")
+
+
 KERNEL = Section([
-    Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")), "dropped in the kernel"),
-    Field("allow_inbound_ports", ListOf(PORT), "default: all ports allowed"),
+    Field("deny_cidrs", ListOf(Str(units.parse_cidr, "a CIDR")),
+          "every packet from these sources (IPv4, IPv6) is dropped in the kernel"),
+    Field("allow_inbound_ports", ListOf(PORT), "new inbound TCP connections and UDP datagrams "
+          "reach only these pod ports (default: all ports); the sidecar's own ports always do"),
     Field("syn_rate_limit", Section([
-        Field("per_source", RATE, "SYNs per second per source address (default: no limit)",
-              attr="syn_rate_limit"),
+        Field("per_source", RATE, "SYNs per second per source address (IPv6: per /64; "
+              "default: no limit)", attr="syn_rate_limit"),
+        Field("burst", Int(1, 1_000_000), "SYNs a source may send at once before the rate "
+              "applies (default: one second's worth of the rate, at least 1)", attr="syn_burst"),
     ]), flatten=True),
-], KernelPolicy)
+], KernelPolicy, check=_check_kernel, doc="L3/L4 policy enforced at the pod interface (ebpf mode)")
 
 
 def _check_tls(values, given, path, ctx):
@@ -615,6 +637,27 @@ def _check_config(values, given, path, ctx):
         _check_route_services(partial_of(values["routes"]) or [], names, ctx)
     _check_service_tls(services, values["tls"], ctx)
     _check_listeners(values, ctx)
+    _check_allowed_ports(values, ctx)
+
+
+def _check_allowed_ports(values, ctx):
+    """kernel.allow_inbound_ports admits connections by port, interception or not: an
+    excluded or passthrough port left off it is refused in the kernel, which is rarely
+    what was meant (the sidecar's own ports are always allowed)."""
+    allowed = _get(values["kernel"], "allow_inbound_ports")
+    if not allowed:
+        return
+    own = set()
+    for section, attr in (("admin", "listen"), ("telemetry", "metrics_listen"), ("telemetry", "health_listen")):
+        address = _get(values[section], attr)
+        if address:
+            own.add(address[1])
+    for section, attr, path in (("interception", "exclude_inbound_ports", "interception.exclude_inbound_ports"),
+                                ("inbound", "tcp_passthrough_ports", "inbound.tcp_passthrough_ports")):
+        for index, port in enumerate(_get(values[section], attr) or []):
+            if port not in allowed and port not in own:
+                ctx.warn_at(f"{path}.{index}", f"port {port} is not in kernel.allow_inbound_ports: "
+                            "connections to it are dropped in the kernel")
 
 
 def _check_route_services(routes, names, ctx):

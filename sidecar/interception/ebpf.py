@@ -28,8 +28,8 @@ from sidecar.bpf.pod_cgroup import read_sidecar_cgroup
 from sidecar.bpf.preflight import cgroup2_mount, own_cgroup
 from sidecar.bpf.programs import plan_from_config, wanted_families
 from sidecar.bpf.state import (
-    default_instance, instance_dir, links_dir, read_counters, read_hop_counters, read_links,
-    read_owner, read_port_set)
+    default_instance, instance_dir, kernel_tables, links_dir, maps_dir, read_counters,
+    read_hop_counters, read_links, read_owner, read_port_set)
 from sidecar.interception import Interception, InterceptionHook
 
 log = logging.getLogger("sidecar.interception.ebpf")
@@ -49,6 +49,15 @@ class EbpfInterception(Interception):
         self.loader = None            # the loader's report (timings, peak RSS, wall time),
                                       # or the adoption's ("adopted": True)
         self.expected_links = []
+
+    def register(self, manager):
+        """Also the collectors of the kernel's traffic and drop counters, when the plan
+        loads them (ebpf mode with an interface to count on: programs.FAMILIES)."""
+        super().register(manager)
+        if self.mode == "ebpf" and self.cfg.interception.interface is not None:
+            from sidecar.metrics.kernel_traffic import KernelDropsCollector, KernelTrafficCollector
+            manager.kernel_collectors += [KernelTrafficCollector(maps_dir(self.path)),
+                                          KernelDropsCollector(maps_dir(self.path))]
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -178,6 +187,7 @@ class EbpfInterception(Interception):
                 out["exclusions"] = {"outbound": read_port_set(self.path, "sc_excl_out"),
                                      "inbound": read_port_set(self.path, "sc_excl_in")}
                 out["sidecar_cgroup_excluded"] = self._sidecar_cgroup_excluded()
+            out.update(kernel_tables(self.path))
             hops = read_hop_counters(self.path)
             if hops:
                 out["local_hops"] = hops

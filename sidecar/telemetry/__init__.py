@@ -31,8 +31,8 @@ METHODS = ("OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", 
 # Decision (exchange.pxd) -> decision label.
 DECISIONS = {1: "allow", 2: "deny"}
 
-# CacheResult (exchange.pxd) -> result label.
-CACHE_RESULTS = {1: "hit", 2: "miss"}
+# CacheResult (exchange.pxd) -> result label (and the access log's `cache` field).
+CACHE_RESULTS = {1: "hit", 2: "miss", 3: "revalidated", 4: "bypass"}
 
 # RetryReason (stats.pxd) -> reason label.
 RETRY_REASONS = {0: "connect-failure", 1: "reset", 2: "timeout", 3: "status"}

@@ -20,16 +20,16 @@ import sys
 import threading
 import time
 
-from sidecar.telemetry import response_flags
+from sidecar.telemetry import CACHE_RESULTS, response_flags
 
 FACTS = ("direction", "start", "end", "method", "path", "authority", "request_id", "route",
          "service", "upstream", "status", "flags", "request_bytes", "response_bytes",
-         "retries", "client", "principal", "trace", "span")
+         "retries", "client", "principal", "trace", "span", "cache")
 
 # The fields of a line, in JSON key order.
 FIELDS = ("start_time", "direction", "method", "path", "authority", "request_id", "route",
           "service", "upstream", "status", "response_flags", "duration_ms", "bytes_received",
-          "bytes_sent", "retries", "client", "principal", "trace_id", "span_id")
+          "bytes_sent", "retries", "client", "principal", "trace_id", "span_id", "cache")
 
 ENVOY_ALIASES = {
     "START_TIME": "start_time", "REQ(:METHOD)": "method", "REQ(:PATH)": "path",
@@ -109,6 +109,8 @@ class Formatter:
             # The exchange's trace and the sidecar's span in it: logs join traces on these.
             "trace_id": "%016x%016x" % trace if trace else None,
             "span_id": "%016x" % span if span else None,
+            # The response cache's result (hit, miss, revalidated, bypass); null off cache routes.
+            "cache": CACHE_RESULTS.get(f.get("cache") or 0),
         }
 
     def line(self, facts) -> str:

@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.privileged, pytest.mark.timeout(120)]
 
 EBPF_LINKS = {"sc_connect4", "sc_connect6", "sc_sockops", "sc_getsockopt", "sc_inbound"}
 # What each demo sidecar loads: the interception programs above, local-hop acceleration's
-# three (the demo sets accelerate_local) and the splice verdict (interception.splice: auto).
-EBPF_PROGRAMS = len(EBPF_LINKS) + 3 + 1
+# three (the demo sets accelerate_local), the splice verdict (interception.splice: auto) and
+# the pod interface's kernel policy and two traffic counters.
+EBPF_PROGRAMS = len(EBPF_LINKS) + 3 + 1 + 3
 
 
 def _start(*args, env=None):

@@ -360,7 +360,8 @@ def test_stats_metrics_and_readyz_show_the_interception(pods):
     if mode == "ebpf":
         attached = {l["function"]: l for l in info["links"]}
         assert set(attached) == {"sc_connect4", "sc_connect6", "sc_sockops", "sc_getsockopt", "sc_inbound",
-                                 "sc_splice_verdict"}     # interception.splice: auto
+                                 "sc_splice_verdict",     # interception.splice: auto
+                                 "sc_policy", "sc_count_in", "sc_count_out"}
         assert attached["sc_connect4"]["cgroup"] == pods["intercepted_cg"].path
         # pod mode: on the pod's cgroup too (the sidecar's may not exist when it loads)
         assert attached["sc_getsockopt"]["cgroup"] == (

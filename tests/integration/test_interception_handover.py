@@ -163,7 +163,8 @@ def test_the_sidecar_adopts_what_the_init_container_loaded(pod):
     assert "waiting for its sidecar" in shown["owner_status"]
     assert "handed over: waiting for the sidecar" in pod.status(instance, human=True)
     loaded = _ids(shown)
-    assert len(loaded["links"]) == 6      # interception's 5, and the splice (splice: auto)
+    # interception (5), the splice (splice: auto), kernel policy, two counters
+    assert len(loaded["links"]) == 9
 
     sc = pod.sidecar(exclude=[EXCLUDED_PORT], prefix=WITHOUT_BCC + only(SIDECAR_CAPS))
     sc.start()

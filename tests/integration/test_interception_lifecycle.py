@@ -99,6 +99,11 @@ def test_stop_removes_everything_it_attached(pod):
         assert pod.intercepted()
         ids, instance = _ids(pod, sc), _instance(sc)
         assert pod.leftovers(ids, instance), "nothing attached while running?"
+        if pod.mode == "ebpf":
+            # every family is in what is checked: the interface's policy and counters too
+            functions = {l["function"] for l in sc.stats()["interception"]["links"]}
+            assert {"sc_inbound", "sc_policy", "sc_count_in", "sc_count_out"} <= functions
+            assert len(ids["links"]) == len(functions)
     finally:
         code = sc.stop()
     assert code == 0, sc.log()

@@ -79,10 +79,12 @@ def test_loads_attaches_pins_and_reports(pod):
         assert code == EXIT_OK, err
         assert report["ok"] and report["instance"] == plan.instance
         assert {l["function"] for l in report["links"]} == {
-            "sc_connect4", "sc_connect6", "sc_sockops", "sc_getsockopt", "sc_inbound"}
+            "sc_connect4", "sc_connect6", "sc_sockops", "sc_getsockopt", "sc_inbound",
+            "sc_policy", "sc_count_in", "sc_count_out"}
         assert set(report["timings"]) >= {"preflight", "import_bcc", "compile", "load", "attach", "total"}
         assert set(report["timings"]["compile"]) == {
-            "redirect_connect.c", "original_dst_getsockopt.c", "inbound_steer.c"}
+            "redirect_connect.c", "original_dst_getsockopt.c", "inbound_steer.c", "kernel_policy.c",
+            "traffic_counters.c"}
         assert report["peak_rss_kb"] > 0
         path = os.path.join(BPFFS_ROOT, plan.instance)
         assert sorted(os.listdir(path)) == ["links", "maps", "owner"]
@@ -99,7 +101,7 @@ def test_without_an_interface_inbound_is_not_loaded(pod):
     code, report, err = _load(pod, plan)
     try:
         assert code == EXIT_OK, err
-        assert "inbound_steer.c" not in report["timings"]["compile"]
+        assert set(report["timings"]["compile"]) == {"redirect_connect.c", "original_dst_getsockopt.c"}
     finally:
         cleanup_instance(plan.instance, owner_pid=os.getpid())
 
@@ -176,7 +178,8 @@ def test_print_cflags_shows_every_files_flags(pod):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert [l.split(":")[0].rsplit("/", 1)[1] for l in lines] == [
-        "redirect_connect.c", "original_dst_getsockopt.c", "inbound_steer.c"]
+        "redirect_connect.c", "original_dst_getsockopt.c", "inbound_steer.c", "kernel_policy.c",
+        "traffic_counters.c"]
     for flag in ('-DSC_MAP_DIR="%s/%s/maps"' % (BPFFS_ROOT, plan.instance), "-DSC_OUT_PORT=16001",
                  "-DSC_OUT_IP4=0x7f000001", "-DSC_OUT_IP6_3=0x00000001", "-DSC_IN_PORT=15006",
                  "-DSC_FAIL_OPEN=0"):

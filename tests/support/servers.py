@@ -2,10 +2,12 @@
 
 - `HttpApp`: a real HTTP/1.1 application server (the standard library's threaded server)
   with endpoints the tests need, recording every request it receives, so a test can assert
-  that nothing of a malformed request reached the app.
+  that nothing of a malformed request reached the app. `.../respond?...` answers as its
+  query says (status, fields, validators, delay, size, chunked), for the cache tests.
 - `ScriptedServer`: a raw TCP server whose per-connection behaviour is a test function:
   for upstreams that misbehave on purpose (malformed, truncated, slow, resetting).
 """
+import email.utils
 import hashlib
 import http.server
 import json
@@ -13,6 +15,7 @@ import socket
 import socketserver
 import threading
 import time
+import urllib.parse
 
 from tests.support.ports import free_port
 
@@ -65,10 +68,79 @@ class _AppHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _respond(self, query):
+        """A response shaped by the query, for the cache tests:
+
+            status=N        the status (200)
+            h=Name:value    a field (repeatable)
+            etag=V, last_modified=DATE   validators; the request's If-None-Match naming V,
+                            or an If-Modified-Since not before DATE, gets a 304
+            expires_in=S    Expires: the response's Date + S seconds
+            delay=S         wait before answering
+            delay_first=S   wait before answering the first request for this URL only
+            size=N          N deterministic bytes (else a line naming this response: its
+                            sequence number, the request's Accept-Language and its
+                            Authorization or Cookie)
+            chunked=1       the body in 16 KiB chunks (no Content-Length)
+        """
+        for _ in self._body_chunks():
+            pass
+        q = urllib.parse.parse_qs(query)
+        one = lambda k, d=None: q.get(k, [d])[0]
+        with self.server.lock:
+            self.server.responded += 1
+            seq = self.server.responded
+            first = self.path not in self.server.seen
+            self.server.seen.add(self.path)
+        if one("delay"):
+            time.sleep(float(one("delay")))
+        if one("delay_first") and first:
+            time.sleep(float(one("delay_first")))
+        headers = [tuple(h.split(":", 1)) for h in q.get("h", [])]
+        etag, modified = one("etag"), one("last_modified")
+        if etag:
+            headers.append(("ETag", etag))
+        if modified:
+            headers.append(("Last-Modified", modified))
+        if one("expires_in"):
+            headers.append(("Expires", email.utils.formatdate(int(time.time()) + int(one("expires_in")),
+                                                              usegmt=True)))
+        inm, ims = self.headers.get("if-none-match"), self.headers.get("if-modified-since")
+        if (etag and inm and etag in [t.strip() for t in inm.split(",")]) or (
+                modified and ims and not inm and email.utils.parsedate_to_datetime(ims)
+                >= email.utils.parsedate_to_datetime(modified)):
+            self.send_response(304)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            return
+        status = int(one("status", "200"))
+        if one("size"):
+            body = (bytes(range(256)) * (int(one("size")) // 256 + 1))[:int(one("size"))]
+        else:
+            body = ("n=%d lang=%s user=%s\n" % (
+                seq, self.headers.get("accept-language"),
+                self.headers.get("authorization") or self.headers.get("cookie"))).encode()
+        if one("chunked") != "1":
+            self._send(status, body, headers)
+            return
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        if self.command != "HEAD":
+            for i in range(0, len(body), 16384):
+                part = body[i:i + 16384]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+
     def _dispatch(self):
         self._record()
-        path = self.path.split("?")[0]
-        if path == "/sha256":
+        path, _, query = self.path.partition("?")
+        if path.rsplit("/", 1)[-1] == "respond":
+            self._respond(query)
+        elif path == "/sha256":
             h = hashlib.sha256()
             n = 0
             for chunk in self._body_chunks():
@@ -142,12 +214,19 @@ class HttpApp:
     def __init__(self, host="127.0.0.1"):
         self.server = _ThreadingServer((host, 0), _AppHandler)
         self.server.requests = []
+        self.server.lock = threading.Lock()
+        self.server.responded = 0
+        self.server.seen = set()
         self.address = (host, self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def requests(self):
         return self.server.requests
+
+    def count(self, path):
+        """How many requests for `path` (path and query, as sent) the app received."""
+        return sum(1 for r in self.server.requests if r["path"] == path)
 
     def __enter__(self):
         self.thread.start()

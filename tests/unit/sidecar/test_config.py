@@ -217,7 +217,7 @@ def test_effective_defaults_use_the_files_layout_and_units():
     assert d["outbound"]["protocol_detect_timeout"] == "100ms"
     assert d["telemetry"]["metrics"] == {"listen": "0.0.0.0:15090"}
     assert d["telemetry"]["tracing"]["sample"] == "1%"
-    assert d["kernel"]["syn_rate_limit"] == {"per_source": None}
+    assert d["kernel"]["syn_rate_limit"] == {"per_source": None, "burst": None}
     assert "source" not in d and "warnings" not in d
 
 
@@ -276,6 +276,10 @@ def test_effective_defaults_use_the_files_layout_and_units():
      "kernel.deny_cidrs.0 (line 2): invalid CIDR '10.0.0.1/8': has host bits set (did you mean '10.0.0.0/8'?)"),
     ("kernel:\n  syn_rate_limit: {per_source: 5}\n",
      "kernel.syn_rate_limit.per_source (line 2): invalid rate '5': expected e.g. 100/s, 6000/m, 10/h"),
+    ("kernel:\n  syn_rate_limit: {burst: 20}\n",
+     "kernel.syn_rate_limit.burst (line 2): needs syn_rate_limit.per_source too"),
+    ("kernel:\n  syn_rate_limit: {per_source: 10/s, burst: 0}\n",
+     "kernel.syn_rate_limit.burst (line 2): must be at least 1, got 0"),
     ("services:\n  - name: a\n    tls: {mode: mutual}\n",
      "services.0.tls.mode (line 3): mutual TLS needs tls.cert, tls.key, tls.ca"),
     ("tls:\n  cert: /c.pem\n", "tls.cert (line 2): needs tls.key too"),
@@ -547,6 +551,35 @@ def test_interception_cgroup_pod_is_the_pods_cgroup():
 def test_ebpf_mode_without_an_interface_warns_that_inbound_is_not_intercepted():
     c = load("interception: {mode: ebpf, cgroup: /sys/fs/cgroup/unified/pod}\n")
     assert c.warnings == ["interception.mode (line 1): no interception.interface: inbound traffic is not intercepted"]
+
+
+def test_an_excluded_or_passthrough_port_left_off_the_allow_list_is_warned_about():
+    """They would be dropped in the kernel; the sidecar's own ports are always allowed."""
+    c = load("interception: {exclude_inbound_ports: [9091, 15021]}\n"
+             "inbound: {tcp_passthrough_ports: [5432]}\n"
+             "kernel: {allow_inbound_ports: [8080, 9091]}\n")
+    assert c.warnings == ["inbound.tcp_passthrough_ports.0 (line 2): port 5432 is not in "
+                          "kernel.allow_inbound_ports: connections to it are dropped in the kernel"]
+    assert load("interception: {exclude_inbound_ports: [9091]}\n").warnings == []
+
+
+def test_a_kernel_policy_larger_than_its_kernel_tables_is_refused():
+    many = ", ".join("10.%d.%d.0/24" % (i // 256, i % 256) for i in range(1025))
+    assert errors_of("kernel:\n  deny_cidrs: [%s]\n" % many) == [
+        "kernel.deny_cidrs (line 2): 1025 IPv4 prefixes: the kernel table holds at most 1024"]
+    assert load("kernel:\n  deny_cidrs: [%s, '2001:db8::/32']\n" % many.rsplit(",", 1)[0]).kernel.deny_cidrs
+    ports = ", ".join(str(p) for p in range(1, 250))
+    assert errors_of("kernel:\n  allow_inbound_ports: [%s]\n" % ports) == [
+        "kernel.allow_inbound_ports (line 2): at most 248 ports"]
+
+
+def test_a_kernel_policy_change_applies_in_place():
+    from sidecar.reload import plan
+    old = load("kernel: {deny_cidrs: [203.0.113.0/24]}\n")
+    new = load("kernel: {deny_cidrs: ['2001:db8::/32'], allow_inbound_ports: [8080],"
+               " syn_rate_limit: {per_source: 100/s, burst: 10}}\n")
+    assert plan(old, new).notes == []
+    assert new.kernel.syn_burst == 10 and new.kernel.deny_cidrs == ["2001:db8::/32"]
 
 
 def test_an_exclusion_change_reloads_in_place_other_interception_changes_need_a_restart():

@@ -118,6 +118,32 @@ def test_collector_exports_the_tracing_counters():
     assert "sidecar_tracing_spans_failed_total 2.0" in text
 
 
+def test_collector_exports_cache_lookups_by_route_and_result():
+    m = mmap.mmap(-1, stats.segment_size(64, 16))
+    stats.init_segment(m, 64, 16)
+    w = stats.WorkerStats(m)
+    w.set_labels([7], [], [], 0.0)
+    for cache, n in ((1, 5), (2, 2), (3, 1), (4, 1), (0, 3)):
+        for _ in range(n):
+            w.count_exchange(0, route=0, status=200, method=1, cache=cache)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerStatsCollector(WorkerStatsSource(
+        lambda: [stats.read_segment(m)], lambda: {7: "pages"}, dict)))
+    text = generate_latest(registry).decode()
+    for result, n in (("hit", 5), ("miss", 2), ("revalidated", 1), ("bypass", 1)):
+        assert 'sidecar_cache_lookups_total{result="%s",route="pages"} %d.0' % (result, n) in text
+    assert text.count("sidecar_cache_lookups_total{") == 4      # none for exchanges off the cache
+
+
+def test_access_log_lines_carry_the_cache_result():
+    base = FACTS + (None, None, None)
+    assert json.loads(Formatter("json").line(base + (1,)))["cache"] == "hit"
+    assert json.loads(Formatter("json").line(base + (3,)))["cache"] == "revalidated"
+    assert json.loads(Formatter("json").line(base + (0,)))["cache"] is None
+    assert json.loads(Formatter("json").line(FACTS))["cache"] is None
+    assert Formatter("%status% %cache%").line(base + (2,)) == "200 miss"
+
+
 def test_label_ids_are_stable_across_configs():
     labels = LabelIds()
     first = labels.assign(load_config_text("routes: [{name: a}, {name: b}]\n"))

@@ -80,11 +80,15 @@ def test_inbound_app_reaches_the_programs_as_an_endpoint(app, flags):
 
 def test_iptables_plans_load_only_the_data_path_families():
     names = lambda plan: [f.name for f in wanted_families(plan)]
+    # an interface in the config changes nothing there: its counters and policy are ebpf mode's
     assert names(_plan(interception="iptables", accelerate_local=True, splice=True)) == [
         "local_hops", "tunnel_splice"]
     assert names(_plan(interception="iptables")) == []
     assert names(_plan(accelerate_local=True, splice=True)) == [
-        "redirect_connect", "original_dst_getsockopt", "inbound_steer", "local_hops", "tunnel_splice"]
+        "redirect_connect", "original_dst_getsockopt", "inbound_steer", "local_hops", "tunnel_splice",
+        "kernel_policy", "traffic_counters"]
+    assert names(_plan(accelerate_local=True, splice=True, interface=None)) == [
+        "redirect_connect", "original_dst_getsockopt", "local_hops", "tunnel_splice"]
 
 
 def _cfg(mode, cgroup=True, **ic):
