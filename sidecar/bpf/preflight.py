@@ -17,7 +17,7 @@ import ctypes
 import os
 import platform
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from sidecar.bpf import BPFFS_ROOT, EXIT_CONFIG, EXIT_UNAVAILABLE
@@ -204,8 +204,12 @@ def _pod_cgroup_checked(mount: str, mine: str) -> str:
 def resolve_targets(plan) -> Targets:
     """The attach points of `plan`, refused when unsafe or missing."""
     from sidecar.bpf.programs import wanted_families
-    cgroups = {p.target for f in wanted_families(plan) for p in f.programs} & {"app_cgroup", "sidecar_cgroup"}
-    if not cgroups:
+    used = {p.target for f in wanted_families(plan) for p in f.programs}
+    if "interface" not in used:
+        # iptables mode: the interface's programs (steering, counters, policy) are ebpf
+        # mode's; an interface named in the config is neither looked up nor attached to
+        plan = replace(plan, interface=None)
+    if not used & {"app_cgroup", "sidecar_cgroup"}:
         # iptables mode splicing tunnels: programs on maps only, no cgroup involved
         return Targets(None, None, plan.interface, _interface_index(plan))
     mount = cgroup2_mount()

@@ -638,6 +638,20 @@ def _check_config(values, given, path, ctx):
     _check_service_tls(services, values["tls"], ctx)
     _check_listeners(values, ctx)
     _check_allowed_ports(values, ctx)
+    _check_kernel_mode(values, ctx)
+
+
+def _check_kernel_mode(values, ctx):
+    """The kernel policy runs on interception.interface in ebpf mode only: iptables mode
+    loads no interface programs, also where local-hop acceleration or splice makes it run
+    the loader, so a policy there would silently not be enforced."""
+    if _get(values["interception"], "mode") != "iptables":
+        return
+    for attr in ("deny_cidrs", "allow_inbound_ports", "syn_rate_limit"):
+        if _get(values["kernel"], attr):
+            ctx.warn_at("kernel." + attr, "not enforced with interception.mode iptables: the "
+                        "kernel policy runs at the pod interface in ebpf mode")
+            return
 
 
 def _check_allowed_ports(values, ctx):

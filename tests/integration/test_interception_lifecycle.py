@@ -104,6 +104,15 @@ def test_stop_removes_everything_it_attached(pod):
             functions = {l["function"] for l in sc.stats()["interception"]["links"]}
             assert {"sc_inbound", "sc_policy", "sc_count_in", "sc_count_out"} <= functions
             assert len(ids["links"]) == len(functions)
+        else:
+            # the data-path families only: the interface's counters and policy are ebpf
+            # mode's, and so are their metric families
+            functions = {l["function"] for l in sc.stats()["interception"]["programs"]["links"]}
+            assert functions == {"sc_hop_app_ops", "sc_hop_sidecar_ops", "sc_hop_msg",
+                                 "sc_splice_verdict"}
+            assert len(ids["links"]) == len(functions)
+            assert "sidecar_kernel_bytes_total" not in sc.metrics()
+            assert "sidecar_kernel_drops_total" not in sc.metrics()
     finally:
         code = sc.stop()
     assert code == 0, sc.log()

@@ -91,6 +91,13 @@ def test_iptables_plans_load_only_the_data_path_families():
         "redirect_connect", "original_dst_getsockopt", "local_hops", "tunnel_splice"]
 
 
+def test_an_iptables_plan_on_maps_only_resolves_no_interface():
+    from sidecar.bpf.preflight import resolve_targets
+    targets = resolve_targets(_plan(interception="iptables", splice=True, interface="no-such-dev"))
+    assert (targets.app_cgroup, targets.sidecar_cgroup, targets.interface, targets.ifindex) == (
+        None, None, None, None)
+
+
 def _cfg(mode, cgroup=True, **ic):
     lines = ["interception:", "  mode: %s" % mode]
     if cgroup == "pod":
@@ -130,6 +137,17 @@ def test_accelerate_local_without_what_it_needs_is_a_warning_not_an_error():
         "intercepted)"]
     pod = [w for w in _cfg("ebpf", "pod", accelerate_local="true").warnings if "accelerate_local" in w]
     assert len(pod) == 1 and "not with interception.cgroup: pod" in pod[0]
+
+
+def test_a_kernel_policy_in_iptables_mode_is_a_warning():
+    policy = "kernel: {deny_cidrs: [203.0.113.0/24]}\n"
+    text = "interception: {mode: iptables, cgroup: /sys/fs/cgroup/unified/pod, interface: eth0, " \
+           "accelerate_local: true}\n" + policy
+    assert load_config_text(text).warnings == [
+        "kernel.deny_cidrs (line 2): not enforced with interception.mode iptables: the kernel "
+        "policy runs at the pod interface in ebpf mode"]
+    assert load_config_text("interception: {mode: ebpf, cgroup: pod, interface: eth0}\n"
+                            + policy).warnings == []
 
 
 def test_splice_takes_auto_true_or_false():
