@@ -32,9 +32,10 @@ cdef enum StatsMetric:
     M_SPANS_DROPPED = 7         # a=b=0: spans dropped (queue full, or unsent at shutdown)
     M_SPANS_EXPORTED = 8        # a=b=0: spans the collector accepted
     M_SPANS_FAILED = 9          # a=b=0: spans lost to export errors (or rejected)
-    M_TCP_BYTES = 10            # a=direction, b=0: bytes from the downstream client through a
+    # 10-12: kept for upstream resilience (outlier ejections, health checks, endpoint states)
+    M_TCP_BYTES = 13            # a=direction, b=0: bytes from the downstream client through a
                                 # byte tunnel, b=1: bytes to it (spliced ones included)
-    M_TCP_TUNNELS = 11          # a=direction, b=TunnelPath (fastpath/tunnel.pyx): tunnels by
+    M_TCP_TUNNELS = 14          # a=direction, b=TunnelPath (fastpath/tunnel.pyx): tunnels by
                                 # how their bytes are forwarded
 
 cdef enum RetryReason:

@@ -27,8 +27,8 @@ from sidecar.telemetry import (
 # fastpath/stats.pxd StatsMetric
 M_RATELIMIT, M_AUTHZ, M_CACHE, M_RETRIES, M_CIRCUIT_BREAKER_OPEN = 1, 2, 3, 4, 5
 M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
-M_TCP_BYTES = 10                # a=direction, b=0 from the downstream client, 1 to it
-M_TCP_TUNNELS = 11              # a=direction, b=path (TUNNEL_PATHS)
+M_TCP_BYTES = 13                # a=direction, b=0 from the downstream client, 1 to it
+M_TCP_TUNNELS = 14              # a=direction, b=path (TUNNEL_PATHS)
 TUNNEL_PATHS = ("kernel", "userspace")   # fastpath/tunnel.pyx PATH_*
 GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN})
 
