@@ -2,9 +2,12 @@
 (`python -m benchmarks.loader`, also run by `make bench`):
 
     loader   `python -m sidecar.bpf.loader` run N times in a throwaway pod (a network
-             namespace with a veth pair, app and sidecar cgroups): wall time, its own
-             timings (bcc import, compile per file, load, attach) and its peak RSS; each
-             load is removed again before the next
+             namespace with a veth pair, app and sidecar cgroups) for each of three plans,
+             interleaved: ebpf mode on an interface with `splice: false` (5 program
+             files), the default (+ splice: 6) and + `accelerate_local` (7); wall time,
+             its own timings (bcc import, compile per file, load, attach) and its peak
+             RSS; each load is removed again before the next. The summary's loader
+             figures are the default plan's.
     resident a whole sidecar in ebpf mode: the manager's and the worker's RSS once it is
              ready, with the loader gone (the manager never imports bcc)
 
@@ -77,31 +80,56 @@ class Pod:
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
 
+# The plans measured: what ebpf mode loads on an interface, by what the config adds.
+PLANS = {
+    "no_splice": {},                                         # interception.splice: false
+    "default": {"splice": True},                             # splice: auto
+    "accelerate_local": {"splice": True, "accelerate_local": True},
+}
+
+
 def measure_loader(pod, rounds):
-    out = []
+    """{plan name: [one load's figures]}, the plans interleaved round by round."""
+    out = {name: [] for name in PLANS}
     for i in range(rounds):
-        plan = Plan(instance="bench-%s-%d" % (pod.netns[-8:], i), app_cgroup=pod.app_cg,
-                    interface=pod.dev, outbound=("127.0.0.1", 15001), inbound_port=15006,
-                    fail_open=True, exclude_inbound=[15000, 15021, 15090])
-        started = time.monotonic()
-        proc = subprocess.Popen(pod.command([sys.executable, "-m", "sidecar.bpf.loader", "--plan",
-                                             plan.to_json(), "--owner-pid", str(os.getpid())]),
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        stdout, stderr = proc.communicate(120)
-        wall = time.monotonic() - started
-        try:
-            if proc.returncode != 0:
-                raise SystemExit("loader failed (%s): %s" % (proc.returncode, stderr.decode()))
-            report = json.loads(stdout.decode().strip().splitlines()[-1])
-        finally:
-            cleanup_instance(plan.instance, owner_pid=os.getpid())
-        t = report["timings"]
-        out.append({"wall_seconds": round(wall, 3), "total_seconds": t["total"],
-                    "import_bcc_seconds": t["import_bcc"], "compile_seconds": t["compile"],
-                    "compile_total_seconds": round(sum(t["compile"].values()), 3),
-                    "load_seconds": t["load"], "attach_seconds": t["attach"],
-                    "peak_rss_kb": report["peak_rss_kb"]})
+        for name, fields in PLANS.items():
+            out[name].append(_load_once(pod, "bench-%s-%s-%d" % (pod.netns[-8:], name[:4], i), fields))
     return out
+
+
+def _load_once(pod, instance, fields):
+    """One loader run of the plan with `fields`, removed again; its figures."""
+    plan = Plan(instance=instance, app_cgroup=pod.app_cg, interface=pod.dev,
+                outbound=("127.0.0.1", 15001), inbound_port=15006, fail_open=True,
+                exclude_inbound=[15000, 15021, 15090], **fields)
+    started = time.monotonic()
+    proc = subprocess.Popen(pod.command([sys.executable, "-m", "sidecar.bpf.loader", "--plan",
+                                         plan.to_json(), "--owner-pid", str(os.getpid())]),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = proc.communicate(120)
+    wall = time.monotonic() - started
+    try:
+        if proc.returncode != 0:
+            raise SystemExit("loader failed (%s): %s" % (proc.returncode, stderr.decode()))
+        report = json.loads(stdout.decode().strip().splitlines()[-1])
+    finally:
+        cleanup_instance(plan.instance, owner_pid=os.getpid())
+    t = report["timings"]
+    return {"wall_seconds": round(wall, 3), "total_seconds": t["total"],
+            "import_bcc_seconds": t["import_bcc"], "compile_seconds": t["compile"],
+            "compile_total_seconds": round(sum(t["compile"].values()), 3),
+            "load_seconds": t["load"], "attach_seconds": t["attach"],
+            "peak_rss_kb": report["peak_rss_kb"]}
+
+
+def _medians(loads) -> dict:
+    return {
+        "program_files": len(loads[0]["compile_seconds"]),
+        "loader_wall_seconds_median": statistics.median(l["wall_seconds"] for l in loads),
+        "compile_plus_attach_seconds_median": round(statistics.median(
+            l["compile_total_seconds"] + l["load_seconds"] + l["attach_seconds"] for l in loads), 3),
+        "loader_peak_rss_mb_median": round(statistics.median(l["peak_rss_kb"] for l in loads) / 1024, 1),
+    }
 
 
 def measure_resident(pod, workdir):
@@ -146,21 +174,23 @@ def main(argv=None):
     with Pod() as pod, tempfile.TemporaryDirectory(prefix="sidecar-bench-loader-") as workdir:
         loads = measure_loader(pod, args.rounds)
         resident = measure_resident(pod, workdir)
-    summary = {
-        "rounds": args.rounds,
-        "loader_wall_seconds_median": statistics.median(l["wall_seconds"] for l in loads),
-        "compile_plus_attach_seconds_median": round(statistics.median(
-            l["compile_total_seconds"] + l["load_seconds"] + l["attach_seconds"] for l in loads), 3),
-        "loader_peak_rss_mb_median": round(statistics.median(l["peak_rss_kb"] for l in loads) / 1024, 1),
+    by_plan = {name: _medians(runs) for name, runs in loads.items()}
+    summary = dict({"rounds": args.rounds}, **by_plan["default"])
+    summary.update({
         "manager_rss_mb": round(resident["manager_kb"] / 1024, 1),
         "worker_rss_mb": round(resident["worker_max_kb"] / 1024, 1),
         "sidecar_total_rss_mb": round(resident["total_kb"] / 1024, 1),
-    }
-    result = {"time": time.time(), "summary": summary, "loads": loads, "resident": resident}
+    })
+    result = {"time": time.time(), "summary": summary, "by_plan": by_plan, "loads": loads,
+              "resident": resident}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for key, value in summary.items():
         print("%-36s %s" % (key, value))
+    for name, figures in by_plan.items():
+        print("%-18s %d files: loader %.2f s (compile + load + attach %.2f s), peak RSS %.0f MB" % (
+            name, figures["program_files"], figures["loader_wall_seconds_median"],
+            figures["compile_plus_attach_seconds_median"], figures["loader_peak_rss_mb_median"]))
     print("results: %s" % RESULTS)
 
 
