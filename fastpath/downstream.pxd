@@ -27,7 +27,7 @@ cdef class ListenerContext:
     cdef double request_timeout         # requests to no service (outbound); 0: none
     cdef public double now              # coarse clock, advanced by the sweep
     cdef public double sweep_interval   # seconds between the worker's sweeps
-    cdef double wake_at                 # when the next sweep runs
+    cdef double wake_at                 # a sweep runs by then (0: none is known to)
     cdef double last_sweep
     cdef double early_at                # when the early sweep runs (with early_sweep)
     cdef object early_sweep             # timer of a sweep brought forward, or None

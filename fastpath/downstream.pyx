@@ -120,7 +120,7 @@ cdef class ListenerContext:
         self.request_timeout = request_timeout
         self.now = monotonic_now()
         self.sweep_interval = 0.25
-        self.wake_at = self.now
+        self.wake_at = 0                # no sweep yet: nothing known to come
         self.connections = set()
         self.app_pool = app_pool
         self.router = router
@@ -930,7 +930,7 @@ cdef class HttpDownstream(ResponseSink):
             kind = DL_BACKOFF
         self.deadline = d
         self.deadline_kind = kind if d else DL_NONE
-        if d and d < self.ctx.wake_at:
+        if d and (d < self.ctx.wake_at or self.ctx.wake_at == 0):
             self.ctx.wake_early(d)
 
     # -- exchange end, errors, timeouts -----------------------------------------------
