@@ -354,6 +354,7 @@ cdef class HttpDownstream(ResponseSink):
         cdef bytes head
         cdef bytes authority = None
         cdef bytes extra = None
+        cdef double timeout
         self._begin_record(req.method)
         if self.ctx.tracer is not None:
             self.ctx.tracer.start_exchange(&self.rec.trace, req)

@@ -158,7 +158,9 @@ class OutboundRouter:
         """The pool a request without a route service goes to, or None."""
         cluster = self.cluster_for(original_dst, host_header)
         if cluster is not None:
-            return cluster.pick_pool(original_dst)[0]
+            pool, index = cluster.pick_pool(original_dst)
+            cluster.end_try(index, "none")
+            return pool
         if original_dst is not None:
             return self.pool(original_dst[0], original_dst[1])
         return None

@@ -66,7 +66,7 @@ cdef class ServiceCluster:
             old = {(e.host, e.port): e for e in previous.endpoints}
         self.endpoints = []
         for host, port in service.endpoints:
-            ep = old.get((host, port))
+            ep = old.pop((host, port), None)
             self.endpoints.append(ep if ep is not None else Endpoint(host, port))
         self.n_endpoints = len(self.endpoints)
         self.pools = [pool_factory(host, port, service, self.breaker) for host, port in service.endpoints]
