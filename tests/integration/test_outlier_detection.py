@@ -2,14 +2,17 @@
 that fails consecutive_5xx times in a row (5xx responses or connect failures) leaves load
 balancing for `ejection`, comes back, and is ejected longer when it fails again; at most
 max_ejected of the endpoints are out at once; a reload keeps the ejection."""
+import os
+import subprocess
+import sys
 import time
 
 from tests.integration.test_metrics import total
-from tests.support.admin import call, scrape
+from tests.support.admin import admin_json, call, scrape
 from tests.support.http_client import RawClient
 from tests.support.servers import HttpUpstream, closed_port, http_response
 from tests.support.services import request, service
-from tests.support.sidecar_process import SidecarProcess
+from tests.support.sidecar_process import ROOT, SidecarProcess
 
 
 def answer(status):
@@ -68,6 +71,14 @@ def test_connect_failures_eject_an_endpoint():
             _, text = scrape(sc)
             assert total(text, "sidecar_upstream_endpoints", service="svc", state="ejected") == 1
             assert total(text, "sidecar_upstream_endpoints", service="svc", state="available") == 1
+            (svc_stats,) = admin_json(sc, "/stats")["services"]
+            assert svc_stats["service"] == "svc" and svc_stats["ejections"] == 1
+            assert svc_stats["endpoints"] == {"available": 1, "ejected": 1, "unhealthy": 0}
+            r = subprocess.run([sys.executable, "-m", "sidecar.cli", "stats", "-c", sc.config_path],
+                               cwd=ROOT, capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, COLUMNS="200"))
+            assert r.returncode == 0 and "Upstream services" in r.stdout, r.stderr
+            assert [l for l in r.stdout.splitlines() if " svc " in l], r.stdout
 
 
 def test_at_most_max_ejected_endpoints_are_ejected_at_once():
