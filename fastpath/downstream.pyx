@@ -451,7 +451,9 @@ cdef class HttpDownstream(ResponseSink):
         if v.delay > 0:
             # Fault delay: the request (and its body, queued) waits before going upstream.
             self.delay_abort = v.abort_after_delay
-            self.delay_handle = self.ctx.loop.call_later(v.delay, self._delay_done)
+            # +1 ms: the loop's clock is in whole milliseconds, behind the exchange's start,
+            # so a timer of exactly the delay could end a fraction of a millisecond early.
+            self.delay_handle = self.ctx.loop.call_later(v.delay + 0.001, self._delay_done)
             return True
         self._start_try(pool)
         return True
