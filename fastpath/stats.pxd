@@ -32,6 +32,14 @@ cdef enum StatsMetric:
     M_SPANS_DROPPED = 7         # a=b=0: spans dropped (queue full, or unsent at shutdown)
     M_SPANS_EXPORTED = 8        # a=b=0: spans the collector accepted
     M_SPANS_FAILED = 9          # a=b=0: spans lost to export errors (or rejected)
+    M_OUTLIER_EJECTIONS = 10    # a=service, b=0: endpoints ejected by outlier detection
+    M_HEALTH_CHECKS = 11        # a=service, b=0 passed / 1 failed: active health check probes
+    M_ENDPOINTS = 12            # gauge: a=service, b=EndpointState: endpoints in that state
+
+cdef enum EndpointState:
+    ENDPOINT_AVAILABLE = 0      # takes requests
+    ENDPOINT_EJECTED = 1        # ejected by outlier detection
+    ENDPOINT_UNHEALTHY = 2      # failed its active health check
 
 cdef enum RetryReason:
     RETRY_CONNECT_FAILURE = 0

@@ -7,7 +7,8 @@ sidecar_request_duration_seconds, sidecar_request_bytes_total,
 sidecar_response_bytes_total, sidecar_connections_active/_total,
 sidecar_upstream_retries_total, sidecar_ratelimit_decisions_total,
 sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total,
-sidecar_access_log_dropped_total, sidecar_tracing_spans_{dropped,exported,failed}_total;
+sidecar_access_log_dropped_total, sidecar_tracing_spans_{dropped,exported,failed}_total,
+sidecar_outlier_ejections_total, sidecar_health_checks_total, sidecar_upstream_endpoints;
 with `telemetry.istio_compat`, Istio's istio_requests_total and
 istio_request_duration_milliseconds too.
 
@@ -20,13 +21,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from fastpath.stats import DURATION_BOUNDS
 from sidecar.metrics.labels import NO_SERVICE
 from sidecar.telemetry import (
-    CACHE_RESULTS, DECISIONS, DIRECTIONS, PROTOCOLS, RETRY_REASONS, method_name, response_flags,
+    CACHE_RESULTS, DECISIONS, DIRECTIONS, ENDPOINT_STATES, HEALTH_CHECK_RESULTS, PROTOCOLS,
+    RETRY_REASONS, method_name, response_flags,
 )
 
 # fastpath/stats.pxd StatsMetric
 M_RATELIMIT, M_AUTHZ, M_CACHE, M_RETRIES, M_CIRCUIT_BREAKER_OPEN = 1, 2, 3, 4, 5
 M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
-GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN})
+M_OUTLIER_EJECTIONS, M_HEALTH_CHECKS, M_ENDPOINTS = 10, 11, 12
+GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN, M_ENDPOINTS})
 
 _LE = tuple("%g" % b for b in DURATION_BOUNDS) + ("+Inf",)
 _LE_MS = tuple("%g" % (b * 1000) for b in DURATION_BOUNDS) + ("+Inf",)
@@ -152,6 +155,10 @@ class WorkerStatsCollector:
                                     labels=["route", "decision"])
         cache = CounterMetricFamily("sidecar_cache_lookups_total", "Response cache lookups",
                                     labels=["route", "result"])
+        ejections = CounterMetricFamily("sidecar_outlier_ejections_total",
+                                        "Endpoints ejected by outlier detection", labels=["service"])
+        checks = CounterMetricFamily("sidecar_health_checks_total", "Active health check probes",
+                                     labels=["service", "result"])
         dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0, M_SPANS_EXPORTED: 0, M_SPANS_FAILED: 0}
         for (metric, a, b), value in counters.items():
             if metric == M_RETRIES:
@@ -163,17 +170,28 @@ class WorkerStatsCollector:
                 authz.add_metric([routes.get(a, "_other"), DECISIONS.get(b, "other")], value)
             elif metric == M_CACHE:
                 cache.add_metric([routes.get(a, "_other"), CACHE_RESULTS.get(b, "other")], value)
+            elif metric == M_OUTLIER_EJECTIONS:
+                ejections.add_metric([services.get(a, "_other")], value)
+            elif metric == M_HEALTH_CHECKS:
+                checks.add_metric([services.get(a, "_other"), HEALTH_CHECK_RESULTS.get(b, "other")], value)
             elif metric in dropped:
                 dropped[metric] += value
-        yield from (retries, ratelimit, authz, cache)
+        yield from (retries, ratelimit, authz, cache, ejections, checks)
 
         breakers = GaugeMetricFamily("sidecar_circuit_breaker_open",
                                      "Workers whose circuit breaker for the service is open",
                                      labels=["service"])
+        endpoints = GaugeMetricFamily("sidecar_upstream_endpoints",
+                                      "Endpoints of the service by state, summed over workers "
+                                      "(each worker balances, ejects and health-checks on its own)",
+                                      labels=["service", "state"])
         for (metric, a, b), value in gauges.items():
             if metric == M_CIRCUIT_BREAKER_OPEN:
                 breakers.add_metric([services.get(a, "_other")], value)
+            elif metric == M_ENDPOINTS:
+                endpoints.add_metric([services.get(a, "_other"), ENDPOINT_STATES.get(b, "other")], value)
         yield breakers
+        yield endpoints
 
         yield CounterMetricFamily("sidecar_access_log_dropped_total",
                                   "Access log lines dropped because the queue was full",
