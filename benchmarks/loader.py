@@ -9,7 +9,9 @@
              RSS; each load is removed again before the next. The summary's loader
              figures are the default plan's.
     resident a whole sidecar in ebpf mode: the manager's and the worker's RSS once it is
-             ready, with the loader gone (the manager never imports bcc)
+             ready, with the loader gone (the manager never imports bcc), and the PSS
+             and private memory of all its processes (RSS counts the shared interpreter
+             and libraries once per process)
 
 Targets (issue 3): compile + attach under 3 s; steady-state RSS of all sidecar processes
 under 40 MB. Results go to benchmarks/results/loader.json and are printed. Needs root.
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.proc_stats import read_rss_kb, sample_rss
+from benchmarks.proc_stats import descendants, read_pss_kb, read_rss_kb, sample_rss
 from sidecar.bpf.cleanup import cleanup_instance
 from sidecar.bpf.preflight import cgroup2_mount
 from sidecar.bpf.programs import Plan
@@ -152,8 +154,10 @@ def measure_resident(pod, workdir):
             time.sleep(0.1)
         time.sleep(2.0)                  # settled: the loader has exited, workers are idle
         rss = sample_rss(proc.pid)
+        pss = [m for m in (read_pss_kb(st.pid) for st in descendants(proc.pid)) if m is not None]
         return {"manager_kb": read_rss_kb(proc.pid), "worker_max_kb": rss.worker_max_kb,
                 "total_kb": rss.total_kb, "processes": rss.processes,
+                "total_pss_kb": sum(m[0] for m in pss), "total_private_kb": sum(m[1] for m in pss),
                 "log": [l for l in log_path.read_text().splitlines() if "interception active" in l]}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -180,6 +184,8 @@ def main(argv=None):
         "manager_rss_mb": round(resident["manager_kb"] / 1024, 1),
         "worker_rss_mb": round(resident["worker_max_kb"] / 1024, 1),
         "sidecar_total_rss_mb": round(resident["total_kb"] / 1024, 1),
+        "sidecar_total_pss_mb": round(resident["total_pss_kb"] / 1024, 1),
+        "sidecar_total_private_mb": round(resident["total_private_kb"] / 1024, 1),
     })
     result = {"time": time.time(), "summary": summary, "by_plan": by_plan, "loads": loads,
               "resident": resident}

@@ -348,11 +348,35 @@ def sidecar_command():
     return [sys.executable, "-m", "sidecar.cli"]
 
 
-def sidecar_proxy(workdir, port, app_port, command=None, extra=None):
-    """The sidecar; `extra` (a mapping) is merged into its config, key by key."""
+# The sidecar with wrk's traffic on its outbound listener, sent by an outbound route to a
+# service whose one endpoint is the app: the path of a request to a configured service
+# (load balancing, circuit breaker, retry policy), instead of the inbound app pool.
+SIDECAR_SERVICE_CONF = Template("""\
+workers: 1
+drain_timeout: 1s
+interception: {mode: "off"}
+inbound: {listen: "127.0.0.1:$outbound_port", app: "127.0.0.1:$app_port"}
+outbound: {listen: "127.0.0.1:$port"}
+services:
+  - name: app
+    endpoints: ["127.0.0.1:$app_port"]
+    retries: {attempts: 2, on: [connect-failure, reset, 503]}
+routes:
+  - {name: to-app, direction: outbound, match: {path_prefix: /}, service: app}
+admin: {listen: "127.0.0.1:$admin_port"}
+telemetry:
+  metrics: {listen: "127.0.0.1:$metrics_port"}
+  health: {listen: "127.0.0.1:$health_port"}
+  access_log: {path: null}
+""")
+
+
+def sidecar_proxy(workdir, port, app_port, command=None, extra=None, via_service=False):
+    """The sidecar; `extra` (a mapping) is merged into its config, key by key. With
+    `via_service`, wrk's requests take the outbound path to a configured service."""
     workdir = Path(workdir)
     outbound_port, admin_port, metrics_port, health_port = free_ports(4)
-    text = SIDECAR_CONF.substitute(
+    text = (SIDECAR_SERVICE_CONF if via_service else SIDECAR_CONF).substitute(
         port=port,
         app_port=app_port,
         outbound_port=outbound_port,

@@ -22,6 +22,7 @@ __all__ = [
     "RssSample",
     "cpu_delta",
     "descendants",
+    "read_pss_kb",
     "read_stat",
     "sample_cpu",
     "sample_machine_busy",
@@ -133,6 +134,25 @@ def read_rss_kb(pid):
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
+
+
+def read_pss_kb(pid):
+    """(Pss, Private_Clean + Private_Dirty) of pid in KiB from smaps_rollup, or None when
+    it has gone. RSS counts the interpreter's and libraries' shared pages once per process;
+    PSS splits them among the processes that map them, so the PSS of a process tree sums
+    to what the tree really holds, and the private part is what it alone holds."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    fields[parts[0].rstrip(":")] = int(parts[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if "Pss" not in fields:
+        return None
+    return fields["Pss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ def parse_args(argv):
     p.add_argument("--sidecar-config-extra", metavar="YAML", type=_yaml_mapping,
                    help="a YAML mapping merged into the sidecar's config, e.g. "
                         "'{telemetry: {tracing: {propagate: []}}}'")
+    p.add_argument("--sidecar-via-service", action="store_true",
+                   help="send the sidecar's load through an outbound route to a configured "
+                        "service (load balancing, circuit breaker, retry policy) instead of "
+                        "the inbound app pool")
     p.add_argument("--tracing", metavar="PERCENT",
                    help="sample this share of traces (e.g. 0%% or 100%%) and export them to an "
                         "OTLP sink the harness starts (benchmarks.otlp_sink, its own process)")
@@ -85,7 +89,7 @@ class Target:
         self.error = None
 
 
-def start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra=None):
+def start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra=None, via_service=False):
     """Starts the proxies and returns the targets, direct first; a proxy that fails to
     start gets an error. Each started PeerProcess is appended to `started` at once, so
     the caller can stop it whatever happens next."""
@@ -94,7 +98,7 @@ def start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra=None)
         "nginx": peers.nginx_proxy,
         "haproxy": peers.haproxy_proxy,
         "sidecar": lambda d, port, app_port: peers.sidecar_proxy(
-            d, port, app_port, command=sidecar_cmd, extra=sidecar_extra),
+            d, port, app_port, command=sidecar_cmd, extra=sidecar_extra, via_service=via_service),
     }
     ports = peers.free_ports(len(names))
     for name, port in zip(names, ports):
@@ -250,7 +254,8 @@ def main(argv=None):
             sidecar_extra = peers.merge_config(sidecar_extra or {}, {"telemetry": {"tracing": {
                 "sample": args.tracing, "otlp_endpoint": f"http://127.0.0.1:{sink.port}"}}})
         args.sidecar_extra = sidecar_extra
-        targets = start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra)
+        targets = start_targets(workdir, app, names, sidecar_cmd, started, sidecar_extra,
+                                args.sidecar_via_service)
         rounds = run_rounds(targets, app, args)
     finally:
         # A second Ctrl-C must not cut the clean-up short.
@@ -280,6 +285,7 @@ def main(argv=None):
             "warmup_s": args.warmup,
             "scenarios": SCENARIOS,
             "sidecar_config_extra": getattr(args, "sidecar_extra", None),
+            "sidecar_via_service": args.sidecar_via_service,
         },
         "machine": machine.describe_machine(),
         "temp_dir": str(workdir),

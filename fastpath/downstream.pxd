@@ -10,6 +10,8 @@ from fastpath.route_policy cimport RoutePolicy, RequestFacts
 from fastpath.header_edits cimport EditValues
 from fastpath.cache_entry cimport CacheEntry
 from fastpath.response_cache cimport ResponseCache, CacheExchange, CacheFill
+from fastpath.service_cluster cimport ServiceCluster
+from fastpath.retry_policy cimport RetryPolicy
 
 cdef class HttpDownstream
 
@@ -24,8 +26,13 @@ cdef class ListenerContext:
     cdef bint add_xff
     cdef double header_read_timeout
     cdef double idle_timeout
-    cdef double request_timeout
+    cdef double request_timeout         # requests to no service (outbound); 0: none
     cdef public double now              # coarse clock, advanced by the sweep
+    cdef public double sweep_interval   # seconds between the worker's sweeps
+    cdef double wake_at                 # a sweep runs by then (0: none is known to)
+    cdef double last_sweep
+    cdef double early_at                # when the early sweep runs (with early_sweep)
+    cdef object early_sweep             # timer of a sweep brought forward, or None
     cdef set connections
     cdef EndpointPool app_pool          # inbound: the app
     cdef object router                  # outbound: the services and original destinations
@@ -41,6 +48,7 @@ cdef class ListenerContext:
     cdef int direction_index            # DIR_INBOUND / DIR_OUTBOUND (stats.pxd)
 
     cdef void exchange_done(self, HttpDownstream conn)
+    cdef void wake_early(self, double when)
 
 
 cdef class HttpDownstream(ResponseSink):
@@ -58,8 +66,8 @@ cdef class HttpDownstream(ResponseSink):
     cdef bint upstream_reused
     cdef list to_upstream
     cdef Py_ssize_t to_upstream_bytes
-    cdef bytes retry_head               # a bodiless request's head, for one retry on a stale connection
-    cdef bint retried
+    cdef bytes retry_head               # the request's head: to send again (retries, a stale connection)
+    cdef bint retried                   # the one transparent retry on a stale connection was made
     cdef bytes pipelined
     cdef int pause_reasons
     cdef bint processing
@@ -82,6 +90,18 @@ cdef class HttpDownstream(ResponseSink):
     cdef char request_id[36]            # the x-request-id generated for this exchange
     cdef bint generated_id
     cdef CacheExchange cache_x          # the response cache's part (made on a cache route), or None
+    # resilience (the tries of a request to a service; see downstream.pyx)
+    cdef ServiceCluster cluster         # the exchange's service, admitted by its breaker; or None
+    cdef int endpoint                   # the endpoint of the try in flight; -1: none
+    cdef int last_endpoint              # the endpoint of the try before (a retry avoids it)
+    cdef bint retry_slot                # the try in flight is a retry (holds a budget slot)
+    cdef bint replayable                # sent bytes may be sent again: idempotent, fits the buffer
+    cdef bint sent_upstream             # bytes of this try were written upstream
+    cdef list retry_body                # the body so far, to send again (while replayable)
+    cdef Py_ssize_t replay_bytes        # head and body bytes of the request so far
+    cdef double request_deadline        # the response's last byte is due; 0: none
+    cdef double try_deadline            # the try's response is due to start; 0: none
+    cdef double backoff_until           # the next try starts then; 0: none waits
 
     cdef void _process(self, bytes data, Py_ssize_t offset)
     cdef bint _start_request(self)
@@ -113,3 +133,16 @@ cdef class HttpDownstream(ResponseSink):
     cdef void _cache_release(self, CacheFill fill)
     cdef void _cache_wake(self, CacheFill fill)
     cdef void _cache_go_upstream(self)
+    cdef EndpointPool _enter_cluster(self, ServiceCluster cluster)
+    cdef void _keep_for_retries(self, RetryPolicy policy, bytes head)
+    cdef void _keep_body(self, bytes chunk)
+    cdef void _start_try(self, EndpointPool pool)
+    cdef void _overflow(self)
+    cdef bint _try_again(self, int reason, int status, str why)
+    cdef bint _may_retry(self, ServiceCluster cluster, int reason, int status, double now)
+    cdef void _next_try(self, double now)
+    cdef void _try_timed_out(self)
+    cdef void _report(self, int outcome)
+    cdef void _leave_pool(self)
+    cdef void _leave_cluster(self)
+    cdef void _arm_deadline(self)

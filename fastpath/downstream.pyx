@@ -15,8 +15,18 @@ go out in order; too many waiting bytes pause reading. Backpressure both ways: a
 upstream write buffer pauses reading from the client; a full client write buffer pauses
 reading from the upstream.
 
-Timeouts cost nothing per request: each connection keeps one deadline, compared against a
-coarse clock by a sweep a few times a second (`sweep_timeouts`).
+Timeouts cost nothing per request: each connection keeps one deadline (the earliest of its
+exchange's request, try and backoff deadlines, or its header-read or idle one), compared
+by a sweep a few times a second (`sweep_timeouts`); a deadline due before the next sweep
+brings one sweep forward (a timer per listener, not per request), so short timeouts are
+kept to a few milliseconds.
+
+Requests to a configured service go through its ServiceCluster: its circuit breaker admits
+them (503 UO past max_requests or max_pending), its load balancer picks the endpoint of
+each try (503 UH when none is available), and its retry policy decides about failed tries
+(see "resilience" below): a retry goes to another endpoint when there is one, after an
+exponential backoff with jitter, within the service's request timeout and retry budget,
+and only while nothing of the response has reached the client.
 """
 import http
 import logging
@@ -28,6 +38,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastpath.parser cimport (
     MessageHead, HeadParser, ChunkedDecoder, Limits, Field, M_CONNECT, M_HEAD,
+    M_GET, M_PUT, M_DELETE, M_OPTIONS, M_TRACE,
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, reframe_chunked,
 )
 from fastpath.head_rewrite cimport (
@@ -38,7 +49,7 @@ from fastpath.upstream cimport (
     ResponseSink, UpstreamConnection, EndpointPool, U_IDLE, U_TUNNEL,
 )
 from fastpath.exchange cimport (
-    RF_UF, RF_UT, RF_DC, RF_UC, RF_UH, TRACE_ON, TRACE_SAMPLED,
+    RF_UF, RF_UO, RF_UT, RF_DC, RF_UC, RF_UH, RF_URX, TRACE_ON, TRACE_SAMPLED,
     CACHE_HIT, CACHE_MISS, CACHE_REVALIDATED, CACHE_BYPASS,
 )
 from fastpath.trace_context cimport Tracer
@@ -54,8 +65,15 @@ from fastpath.response_cache cimport (
     FILL_STORING, FILL_STORED, FILL_VALIDATED, FILL_UNCACHEABLE, RQ_UNSAFE,
 )
 from fastpath.response_cache import COALESCE_TIMEOUT
-from fastpath.service_cluster cimport ServiceCluster
-from fastpath.stats cimport WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP
+from fastpath.service_cluster cimport ServiceCluster, OUTCOME_NONE, OUTCOME_SUCCESS, OUTCOME_FAILURE
+from fastpath.circuit_breaker cimport CircuitBreaker
+from fastpath.retry_policy cimport (
+    RetryPolicy, RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET, RETRY_ON_TIMEOUT,
+)
+from fastpath.stats cimport (
+    WorkerStats, DIR_INBOUND, DIR_OUTBOUND, PROTO_HTTP, M_RETRIES,
+    RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_TIMEOUT, RETRY_STATUS,
+)
 from fastpath.tunnel import join_tunnel
 from fastpath.original_destination import original_destination
 
@@ -82,7 +100,12 @@ cdef enum Deadline:
     DL_HEADER           # a request head must be complete by then
     DL_IDLE             # keep-alive connection with no request
     DL_REQUEST          # the response must be complete by then
+    DL_TRY              # the try's response must have started by then (per-try timeout)
+    DL_BACKOFF          # the next try starts then
     DL_CACHE_WAIT       # waiting for the same response in flight (response cache): go upstream
+
+DEF SWEEP_SLACK = 0.001         # a deadline this close is due now
+DEF EARLY_SWEEP_GAP = 0.005     # early sweeps are at least this far apart
 
 # What the response cache stage did with a request (HttpDownstream._cache_stage).
 cdef enum CacheStage:
@@ -114,7 +137,9 @@ cdef class ListenerContext:
         self.header_read_timeout = header_read_timeout
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
-        self.now = loop.time()
+        self.now = monotonic_now()
+        self.sweep_interval = 0.25
+        self.wake_at = 0                # no sweep yet: nothing known to come
         self.connections = set()
         self.app_pool = app_pool
         self.router = router
@@ -144,12 +169,37 @@ cdef class ListenerContext:
         self.request_timeout = request_timeout
 
     def sweep_timeouts(self):
-        """Advances the coarse clock and closes what is past its deadline."""
+        """Advances the coarse clock and acts on what is past its deadline. Called every
+        `sweep_interval` by the worker, and earlier when a deadline is due before that."""
         cdef HttpDownstream conn
-        self.now = self.loop.time()
+        cdef double now = monotonic_now()
+        cdef double earliest = 0
+        self.now = now
+        self.last_sweep = now
         for conn in list(self.connections):
-            if conn.deadline and conn.deadline <= self.now:
-                conn.check_deadline(self.now)
+            if conn.deadline and conn.deadline <= now + SWEEP_SLACK:
+                conn.check_deadline(now)
+            if conn.deadline and (earliest == 0 or conn.deadline < earliest):
+                earliest = conn.deadline
+        self.wake_at = now + self.sweep_interval
+        if earliest and earliest < self.wake_at:
+            self.wake_early(earliest)
+
+    cdef void wake_early(self, double when):
+        """Brings a sweep forward to `when` (a deadline due before the next one)."""
+        if self.early_sweep is not None:
+            if self.early_at <= when:
+                return
+            self.early_sweep.cancel()
+        if when < self.last_sweep + EARLY_SWEEP_GAP:
+            when = self.last_sweep + EARLY_SWEEP_GAP
+        self.early_at = when
+        self.wake_at = when
+        self.early_sweep = self.loop.call_at(when, self._early_sweep)
+
+    def _early_sweep(self):
+        self.early_sweep = None
+        self.sweep_timeouts()
 
     def drain(self):
         """Stops keep-alive: idle connections close now, busy ones after their response."""
@@ -195,10 +245,13 @@ cdef class HttpDownstream(ResponseSink):
         self.req = MessageHead(ctx.limits.max_headers)
         self.chunks = ChunkedDecoder()
         self.to_upstream = []
+        self.retry_body = []
         self.state = D_HEAD
         self.original_dst = None
         self.facts = RequestFacts()
         self.body_limit = -1
+        self.endpoint = -1
+        self.last_endpoint = -1
 
     # -- asyncio protocol -------------------------------------------------------------
 
@@ -248,7 +301,7 @@ cdef class HttpDownstream(ResponseSink):
             self.ctx.worker_stats.connection_closed(self.ctx.direction_index, PROTO_HTTP)
         self.state = D_CLOSED
         self.ctx.connections.discard(self)
-        self.waiting_for_upstream = False
+        self._leave_pool()
         self.upstream = None
         if up is not None:
             up.detach()
@@ -326,6 +379,9 @@ cdef class HttpDownstream(ResponseSink):
         self.response_started = False
         self.request_done = False
         self.retried = False
+        self.replayable = False
+        self.sent_upstream = False
+        self.request_deadline = self.try_deadline = self.backoff_until = 0
         self.close_after = not req.keep_alive or self.ctx.draining
         self.route_policy = None
         self.facts.principal = None
@@ -377,26 +433,22 @@ cdef class HttpDownstream(ResponseSink):
         cdef EditValues ev
         cdef bytes head
         cdef bytes extra = None
+        cdef double timeout
         pool = self.ctx.app_pool
+        cluster = None
         if policy is not None and policy.clusters:
             cluster = policy.pick_cluster()
-            self.rec.service = cluster.index
-            pool = cluster.pick(self.original_dst)
-            if pool is None:
-                self.rec.flags |= RF_UH
-                self._local_response(503, "no endpoint for service " + cluster.name,
-                                     req.body_kind != BODY_NONE)
-                return False
         elif pool is None:
             cluster = self.ctx.router.cluster_for(
                 self.original_dst, req.get(b"host") if authority is None else authority)
-            if cluster is not None:
-                self.rec.service = cluster.index
-                pool = cluster.pick(self.original_dst)
-            elif self.original_dst is not None:
+            if cluster is None and self.original_dst is not None:
                 pool = self.ctx.router.pool(self.original_dst[0], self.original_dst[1])
-            if pool is None:
+            if cluster is None and pool is None:
                 self._local_response(404, "no route to this destination", req.body_kind != BODY_NONE)
+                return False
+        if cluster is not None:
+            pool = self._enter_cluster(cluster)
+            if pool is None:
                 return False
         if req.host_index < 0 and authority is None:
             # It is forwarded as HTTP/1.1, which needs a Host (see head_rewrite's docstring).
@@ -405,12 +457,10 @@ cdef class HttpDownstream(ResponseSink):
                 self._reject(400, b"missing Host header, and no authority known for it")
                 return False
         self.pool = pool
-        if self.ctx.request_timeout > 0:
-            self.deadline = self.ctx.now + self.ctx.request_timeout
-            self.deadline_kind = DL_REQUEST
-        else:
-            self.deadline = 0
-            self.deadline_kind = DL_NONE
+        timeout = cluster.request_timeout if cluster is not None else self.ctx.request_timeout
+        if timeout > 0:
+            self.request_deadline = self.rec.start + timeout
+        self._arm_deadline()
         if req.request_id_index < 0:
             self.ctx.request_id.next()
             memcpy(self.request_id, self.ctx.request_id.text, 36)
@@ -423,7 +473,9 @@ cdef class HttpDownstream(ResponseSink):
             extra = self.cache_x.fill.request_lines(extra)     # a revalidation's validators
         head = build_request_head(req, self.client_ip if self.ctx.add_xff else None,
                                   self.ctx.request_id, authority, &self.rec.trace, extra)
-        self.retry_head = head if req.body_kind == BODY_NONE else None
+        self.retry_head = head
+        if cluster is not None and cluster.retry is not None:
+            self._keep_for_retries(cluster.retry, head)
         self.to_upstream.append(head)
         self.to_upstream_bytes = PyBytes_GET_SIZE(head)
         if req.body_kind == BODY_LENGTH:
@@ -441,7 +493,7 @@ cdef class HttpDownstream(ResponseSink):
             self.delay_until = self.rec.start + delay
             self.delay_handle = self.ctx.loop.call_later(delay, self._delay_done)
             return True
-        pool.acquire(self)
+        self._start_try(pool)
         return True
 
     cdef bytes _destination_authority(self):
@@ -476,7 +528,7 @@ cdef class HttpDownstream(ResponseSink):
             self.delay_abort = 0
             self._local_response(status, "fault filter abort", False)
             return
-        self.pool.acquire(self)
+        self._start_try(self.pool)
 
     cdef void _edit_values(self, EditValues* v):
         """The values of %{...} in header edits, for the exchange in flight."""
@@ -562,6 +614,8 @@ cdef class HttpDownstream(ResponseSink):
     cdef void _queue(self, bytes chunk):
         self.to_upstream.append(chunk)
         self.to_upstream_bytes += PyBytes_GET_SIZE(chunk)
+        if self.replayable:
+            self._keep_body(chunk)
         if self.upstream is None and self.to_upstream_bytes > QUEUE_LIMIT:
             self._pause(P_QUEUE)
 
@@ -573,6 +627,7 @@ cdef class HttpDownstream(ResponseSink):
                 self.upstream.write(self.to_upstream[0])
             else:
                 self.upstream.write(b"".join(self.to_upstream))
+            self.sent_upstream = True
             self.to_upstream = []
             self.to_upstream_bytes = 0
             if self.pause_reasons & P_QUEUE:
@@ -595,14 +650,38 @@ cdef class HttpDownstream(ResponseSink):
         self._flush_upstream()
 
     cdef void on_upstream_connect_failed(self, str reason):
-        log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
         self.ctx.upstream_errors += 1
+        if self._try_again(RETRY_CONNECT_FAILURE, 0, reason):
+            return
+        log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
         self.rec.flags |= RF_UF
         self._local_response(503, "upstream connect error", False)
 
     cdef void on_interim_response(self, MessageHead resp):
+        self.replayable = False         # bytes of the response reach the client: no retry
         if self.req.version == 11:
             self.transport.write(build_response_head(resp, FRAME_NONE, False, False, None, NULL, 0))
+
+    cdef bint retry_response(self, MessageHead resp):
+        cdef ServiceCluster cluster = self.cluster
+        cdef RetryPolicy policy
+        cdef UpstreamConnection up
+        if cluster is None:
+            return False
+        policy = cluster.retry
+        if policy is not None and policy.on_status(resp.status):
+            up = self.upstream
+            self.upstream = None            # the connection drops the response
+            if self._try_again(RETRY_STATUS, resp.status, None):
+                return True
+            self.upstream = up              # not retried: the response goes to the client
+        else:
+            cluster.report(self.endpoint, OUTCOME_FAILURE if resp.status >= 500 else OUTCOME_SUCCESS,
+                           monotonic_now())
+        if self.try_deadline:
+            self.try_deadline = 0           # the response starts: the try was answered in time
+            self._arm_deadline()
+        return False
 
     cdef int response_framing(self, MessageHead resp):
         if resp.body_kind == BODY_NONE:
@@ -688,16 +767,19 @@ cdef class HttpDownstream(ResponseSink):
 
     cdef void on_upstream_error(self, str reason, bint nothing_received):
         self.upstream = None
-        if (nothing_received and self.upstream_reused and self.retry_head is not None
-                and not self.retried and self.state != D_CLOSED):
+        if (nothing_received and self.upstream_reused and self.req.body_kind == BODY_NONE
+                and not self.retried and not self.response_started and self.state != D_CLOSED):
             # A kept-alive connection the app had closed: retry once on a fresh one.
             self.retried = True
             self.to_upstream = [self.retry_head]
             self.to_upstream_bytes = PyBytes_GET_SIZE(self.retry_head)
-            self.pool.acquire(self)
+            if not self.pool.acquire(self):
+                self._overflow()
+            return
+        self.ctx.upstream_errors += 1
+        if not self.response_started and self.state != D_CLOSED and self._try_again(RETRY_RESET, 0, reason):
             return
         log.warning("%s %s: %s", self.ctx.direction, self.req.target, reason)
-        self.ctx.upstream_errors += 1
         self.rec.flags |= RF_UC
         if self.state == D_CLOSED:
             return
@@ -713,6 +795,199 @@ cdef class HttpDownstream(ResponseSink):
 
     cdef void on_upstream_resume_writing(self):
         self._resume(P_UPSTREAM_FULL)
+
+    # -- resilience: the tries of an exchange to a service ----------------------------
+    #
+    # A request to a configured service is admitted by the service's circuit breaker
+    # (`_enter_cluster`) and counted there until `_finish_record` (`_leave_cluster`). Each
+    # try goes to an endpoint the load balancer picks (`_start_try`). A failed try -- a
+    # connect failure, a reset or bad response before the response started, a retriable
+    # status, a per-try timeout -- goes through `_try_again`, which tells the endpoint
+    # (outlier detection) and retries when the policy lists the condition, attempts and the
+    # retry budget are left, the request timeout has not passed, and the request may be
+    # sent again: nothing of it was sent, or it is idempotent and its head and body so far
+    # fit the replay buffer (`retry_body`). The retry waits its backoff (a deadline, like
+    # the timeouts), then `_next_try` picks another endpoint when there is one.
+
+    cdef EndpointPool _enter_cluster(self, ServiceCluster cluster):
+        """Admits the request to its service and picks the endpoint of its first try; None
+        after answering 503: UO past max_requests, UH when no endpoint takes requests."""
+        cdef EndpointPool pool
+        cdef bint body = self.req.body_kind != BODY_NONE
+        self.rec.service = cluster.index
+        if not cluster.breaker.admit_request():
+            self.rec.flags |= RF_UO
+            self._local_response(503, "upstream overflow (circuit breaker)", body)
+            return None
+        self.cluster = cluster
+        pool = cluster.pick(self.original_dst, self.rec.start, -1, &self.endpoint)
+        if pool is None:
+            self.rec.flags |= RF_UH
+            self._local_response(503, "no healthy upstream for service " + cluster.name, body)
+        return pool
+
+    cdef void _keep_for_retries(self, RetryPolicy policy, bytes head):
+        """Decides whether the request may be sent again once bytes of it went upstream:
+        an idempotent method whose head (and body, as it arrives) fit the replay buffer."""
+        cdef int m = self.req.method
+        if self.retry_body:
+            del self.retry_body[:]
+        self.replay_bytes = PyBytes_GET_SIZE(head)
+        self.replayable = (policy.attempts > 0 and self.replay_bytes <= policy.replay_limit
+                           and (m == M_GET or m == M_HEAD or m == M_PUT or m == M_DELETE
+                                or m == M_OPTIONS or m == M_TRACE))
+
+    cdef void _keep_body(self, bytes chunk):
+        self.replay_bytes += PyBytes_GET_SIZE(chunk)
+        if self.replay_bytes > self.cluster.retry.replay_limit:
+            self.replayable = False         # too long to keep: retried only if nothing was sent
+            del self.retry_body[:]
+        else:
+            self.retry_body.append(chunk)
+
+    cdef void _start_try(self, EndpointPool pool):
+        """Sends what is queued of the request to `pool`, as one try."""
+        cdef RetryPolicy policy
+        self.pool = pool
+        self.sent_upstream = False
+        if self.cluster is not None:
+            policy = self.cluster.retry
+            if policy is not None and policy.per_try_timeout > 0:
+                self.try_deadline = monotonic_now() + policy.per_try_timeout
+                self._arm_deadline()
+        if not pool.acquire(self):
+            self._overflow()
+
+    cdef void _overflow(self):
+        """The service's pending queue is full: 503 at once, flag UO."""
+        self.rec.flags |= RF_UO
+        self._local_response(503, "upstream overflow (circuit breaker)", False)
+
+    cdef bint _try_again(self, int reason, int status, str why):
+        """The try in flight failed (`reason`: RetryReason; `status` of a RETRY_STATUS):
+        its endpoint hears of it, and a retry is set up when allowed (see above). True
+        then; False when this failure is the answer."""
+        cdef ServiceCluster cluster = self.cluster
+        cdef int outcome = OUTCOME_SUCCESS if reason == RETRY_STATUS and status < 500 else OUTCOME_FAILURE
+        cdef double now, wait
+        if cluster is None:
+            return False
+        now = monotonic_now()
+        if not self._may_retry(cluster, reason, status, now):
+            cluster.report(self.endpoint, outcome, now)
+            return False
+        self.rec.retries += 1
+        if self.ctx.worker_stats is not None:
+            self.ctx.worker_stats.counter_add(M_RETRIES, cluster.service_id, reason, 1)
+        cluster.try_ended(self.endpoint, outcome, now)
+        self.last_endpoint = self.endpoint
+        self.endpoint = -1
+        if self.sent_upstream:
+            self.to_upstream = [self.retry_head]
+            self.to_upstream.extend(self.retry_body)
+            self.to_upstream_bytes = self.replay_bytes
+            self.sent_upstream = False
+        wait = cluster.retry.backoff(self.rec.retries)
+        log.info("%s %s: %s; retry %d in %.0f ms", self.ctx.direction, self.req.target,
+                 why if why is not None else "status %d" % status, self.rec.retries, wait * 1000)
+        self.try_deadline = 0
+        self.backoff_until = now + wait
+        self._arm_deadline()
+        return True
+
+    cdef bint _may_retry(self, ServiceCluster cluster, int reason, int status, double now):
+        """Whether the failed try may be retried; takes a retry budget slot when so. Sets
+        URX when the failure was retriable but attempts or the budget are used up."""
+        cdef RetryPolicy policy = cluster.retry
+        cdef CircuitBreaker breaker = cluster.breaker
+        cdef unsigned int condition
+        if policy is None or policy.attempts == 0 or self.state == D_CLOSED or self.response_started:
+            return False
+        if reason == RETRY_STATUS:
+            if not policy.on_status(status):
+                return False
+        else:
+            condition = (RETRY_ON_CONNECT_FAILURE if reason == RETRY_CONNECT_FAILURE else
+                         RETRY_ON_RESET if reason == RETRY_RESET else RETRY_ON_TIMEOUT)
+            if not policy.conditions & condition:
+                return False
+        if self.sent_upstream and not self.replayable:
+            return False        # bytes of a request that cannot be sent again went out
+        if self.request_deadline and now >= self.request_deadline:
+            return False
+        if self.rec.retries >= policy.attempts:
+            self.rec.flags |= RF_URX
+            return False
+        if self.retry_slot:
+            self.retry_slot = False
+            breaker.retry_done()
+        if not breaker.admit_retry():
+            self.rec.flags |= RF_URX
+            return False
+        self.retry_slot = True
+        return True
+
+    cdef void _next_try(self, double now):
+        """The backoff is over: the next try, on another endpoint when there is one."""
+        cdef ServiceCluster cluster = self.cluster
+        cdef EndpointPool pool = cluster.pick(self.original_dst, now, self.last_endpoint, &self.endpoint)
+        if pool is None:
+            self.rec.flags |= RF_UH
+            self._local_response(503, "no healthy upstream for service " + cluster.name, False)
+            return
+        self._start_try(pool)
+
+    cdef void _try_timed_out(self):
+        """The per-try timeout passed before the try's response started."""
+        cdef UpstreamConnection up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.detach()
+        self._leave_pool()
+        if self._try_again(RETRY_TIMEOUT, 0, "upstream per-try timeout"):
+            return
+        log.warning("%s %s: upstream per-try timeout", self.ctx.direction, self.req.target)
+        self.rec.flags |= RF_UT
+        self._local_response(504, "upstream request timeout", True)
+
+    cdef void _report(self, int outcome):
+        """What the try in flight says of its endpoint (outlier detection)."""
+        if self.cluster is not None:
+            self.cluster.report(self.endpoint, outcome, monotonic_now())
+
+    cdef void _leave_pool(self):
+        """Stops waiting for an upstream connection (one still opening stays in the pool)."""
+        if self.waiting_in is not None:
+            self.waiting_in.cancel_wait(self)
+
+    cdef void _leave_cluster(self):
+        """The exchange is over: its service no longer counts it."""
+        cdef ServiceCluster cluster = self.cluster
+        self.cluster = None
+        cluster.try_ended(self.endpoint, OUTCOME_NONE, 0)
+        self.endpoint = -1
+        if self.retry_slot:
+            self.retry_slot = False
+            cluster.breaker.retry_done()
+        cluster.breaker.request_done()
+        self.replayable = False
+        self.try_deadline = self.backoff_until = 0
+
+    cdef void _arm_deadline(self):
+        """The exchange's deadline: the earliest of the request's, the try's and the
+        backoff's; a sweep is brought forward when it is due before the next one."""
+        cdef double d = self.request_deadline
+        cdef int kind = DL_REQUEST
+        if self.try_deadline and (d == 0 or self.try_deadline < d):
+            d = self.try_deadline
+            kind = DL_TRY
+        if self.backoff_until and (d == 0 or self.backoff_until < d):
+            d = self.backoff_until
+            kind = DL_BACKOFF
+        self.deadline = d
+        self.deadline_kind = kind if d else DL_NONE
+        if d and (d < self.ctx.wake_at or self.ctx.wake_at == 0):
+            self.ctx.wake_early(d)
 
     # -- exchange end, errors, timeouts -----------------------------------------------
 
@@ -731,6 +1006,8 @@ cdef class HttpDownstream(ResponseSink):
         if not self.in_exchange:
             return
         self.in_exchange = False
+        if self.cluster is not None:
+            self._leave_cluster()
         self.rec.flags |= flags
         if self.cache_x is not None:
             self._cache_exchange_done()
@@ -773,6 +1050,8 @@ cdef class HttpDownstream(ResponseSink):
         if up is not None:
             self.upstream = None
             up.detach()
+        self._leave_pool()
+        self.try_deadline = self.backoff_until = 0
         if self.delay_handle is not None:
             self.delay_handle.cancel()
             self.delay_handle = None
@@ -856,7 +1135,7 @@ cdef class HttpDownstream(ResponseSink):
             return
         self.state = D_CLOSED
         self.ctx.connections.discard(self)
-        self.waiting_for_upstream = False
+        self._leave_pool()
         if up is not None:
             self.upstream = None
             up.detach()
@@ -877,14 +1156,23 @@ cdef class HttpDownstream(ResponseSink):
                 self._close()
         elif kind == DL_IDLE:
             self._close()
-        elif kind == DL_REQUEST and self.state != D_CLOSED:
+        elif self.state == D_CLOSED or not self.in_exchange:
+            return
+        elif kind == DL_REQUEST:
             log.warning("%s %s: upstream request timeout", self.ctx.direction, self.req.target)
             self.rec.flags |= RF_UT
             if self.response_started:
                 self._finish_record(0)
                 self.transport.abort()
             else:
+                if self.upstream is not None or self.waiting_in is not None:
+                    self._report(OUTCOME_FAILURE)     # the endpoint did not answer in time
                 self._local_response(504, "upstream request timeout", True)
+        elif kind == DL_TRY:
+            self._try_timed_out()
+        elif kind == DL_BACKOFF:
+            self.backoff_until = 0
+            self._next_try(now)
         elif kind == DL_CACHE_WAIT and self.state != D_CLOSED:
             # The response this one waited for is slow: fetch it now, and later misses
             # wait for this fetch instead (the slow one may never end).

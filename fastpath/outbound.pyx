@@ -12,6 +12,7 @@ CIDR:port, or by Host), to one of its endpoints; otherwise to the original desti
 """
 import ipaddress
 import logging
+import time
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -19,6 +20,8 @@ from fastpath.downstream cimport HttpDownstream, ListenerContext
 from fastpath.parser cimport Limits
 from fastpath.upstream cimport EndpointPool
 from fastpath.service_cluster cimport ServiceCluster
+from fastpath.circuit_breaker cimport CircuitBreaker
+from fastpath.circuit_breaker import worker_limit
 from fastpath.original_destination import original_destination
 from fastpath.tunnel import start_tunnel
 
@@ -47,20 +50,32 @@ def is_http1_start(bytes first):
 class OutboundRouter:
     """The outbound destinations: one ServiceCluster per configured service (found by
     Host or by original destination, see the module rules), and the pools of original
-    destinations. Shares one EndpointPool per (host, port) between all of them."""
+    destinations. A service's endpoints have pools of their own (they share its circuit
+    breaker); requests to no service share one pool per (host, port).
+
+    Built per config; `previous` (the running config's router) hands each service's
+    endpoint state and breaker to the cluster of the same name. `activate` runs when the
+    config is swapped in: limits take effect, health checks move to the new clusters."""
 
     def __init__(self, loop, Limits limits, services=(), double connect_timeout=1.0,
-                 double idle_timeout=60.0):
+                 double idle_timeout=60.0, previous=None, int workers=1, stats=None,
+                 service_ids=None, seed=None):
         self.loop = loop
         self.limits = limits
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.workers = workers
         self.pools = {}
         self.clusters = []         # config index -> ServiceCluster
         self.by_host = {}          # (host, port or None) -> ServiceCluster
         self.by_cidr = []          # (network, port or None, ServiceCluster)
+        self.health_checkers = []
+        self.active = False
+        old = {c.name: c for c in previous.clusters} if previous is not None else {}
         for index, svc in enumerate(services):
-            cluster = ServiceCluster(index, svc, self.pool)
+            cluster = ServiceCluster(index, svc, self.pool, old.get(svc.name), workers, stats,
+                                     service_ids[index] if service_ids else 0,
+                                     None if seed is None else seed * 7919 + index)
             self.clusters.append(cluster)
             for m in svc.match:
                 if m.host:
@@ -68,23 +83,59 @@ class OutboundRouter:
                 if m.cidr:
                     self.by_cidr.append((ipaddress.ip_network(m.cidr, strict=False), m.port, cluster))
 
-    def pool(self, host, int port, svc=None):
-        """The pool of endpoint (host, port), made on first use."""
-        key = (host, port)
+    def pool(self, host, int port, svc=None, CircuitBreaker breaker=None):
+        """The pool of endpoint (host, port) of service `svc` (None: an original
+        destination outside any service), made on first use."""
+        key = (svc.name, host, port) if svc is not None else (host, port)
         pool = self.pools.get(key)
         if pool is None:
             if svc is not None:
+                max_connections = worker_limit(svc.circuit_breaker.max_connections, self.workers)
                 max_idle = svc.pool_max_idle
                 if max_idle is None:
-                    max_idle = svc.circuit_breaker.max_connections
-                pool = EndpointPool(self.loop, host, port, self.limits,
-                                    svc.circuit_breaker.max_connections, max_idle,
-                                    svc.timeouts.idle, svc.timeouts.connect)
+                    max_idle = max_connections
+                pool = EndpointPool(self.loop, host, port, self.limits, max_connections, max_idle,
+                                    svc.timeouts.idle, svc.timeouts.connect, breaker)
+                if breaker is not None and self.active:
+                    # An original destination of a service without endpoints: it shares
+                    # the service's connection limit with the others.
+                    breaker.pools.append(pool)
             else:
                 pool = EndpointPool(self.loop, host, port, self.limits, 1024, 1024,
                                     self.idle_timeout, self.connect_timeout)
             self.pools[key] = pool
         return pool
+
+    def activate(self, previous=None, now=None):
+        """The config is swapped in: clusters take their limits, health checks start here
+        and stop in `previous`, services gone from the config drop their gauges."""
+        from fastpath.health_check import HealthChecker
+        now = time.monotonic() if now is None else now
+        for cluster in self.clusters:
+            cluster.activate(now)
+        self.active = True
+        if previous is not None:
+            previous.stop_health_checks()
+            names = {c.name for c in self.clusters}
+            for cluster in previous.clusters:
+                if cluster.name not in names:
+                    cluster.retire()
+        if self.loop is not None:
+            for cluster in self.clusters:
+                if cluster.service.health_check is not None and cluster.endpoints:
+                    checker = HealthChecker(self.loop, cluster, cluster.service.health_check)
+                    checker.start()
+                    self.health_checkers.append(checker)
+
+    def stop_health_checks(self):
+        for checker in self.health_checkers:
+            checker.stop()
+        self.health_checkers = []
+
+    def tick(self, double now):
+        """The worker's housekeeping, a few times a second."""
+        for cluster in self.clusters:
+            cluster.tick(now)
 
     def cluster_for(self, original_dst, bytes host_header):
         """The ServiceCluster a request is for (by Host, then original destination), or None."""
@@ -107,7 +158,9 @@ class OutboundRouter:
         """The pool a request without a route service goes to, or None."""
         cluster = self.cluster_for(original_dst, host_header)
         if cluster is not None:
-            return cluster.pick_pool(original_dst)
+            pool, index = cluster.pick_pool(original_dst)
+            cluster.end_try(index, "none")
+            return pool
         if original_dst is not None:
             return self.pool(original_dst[0], original_dst[1])
         return None
@@ -115,6 +168,10 @@ class OutboundRouter:
     def close_idle(self, double now):
         for pool in self.pools.values():
             pool.close_idle(now)
+
+    def state(self):
+        """The services' endpoints and breakers, for /stats."""
+        return [cluster.state() for cluster in self.clusters]
 
 
 cdef class OutboundAccept:

@@ -32,11 +32,18 @@ cdef enum StatsMetric:
     M_SPANS_DROPPED = 7         # a=b=0: spans dropped (queue full, or unsent at shutdown)
     M_SPANS_EXPORTED = 8        # a=b=0: spans the collector accepted
     M_SPANS_FAILED = 9          # a=b=0: spans lost to export errors (or rejected)
-    # 10-12: kept for upstream resilience (outlier ejections, health checks, endpoint states)
+    M_OUTLIER_EJECTIONS = 10    # a=service, b=0: endpoints ejected by outlier detection
+    M_HEALTH_CHECKS = 11        # a=service, b=0 passed / 1 failed: active health check probes
+    M_ENDPOINTS = 12            # gauge: a=service, b=EndpointState: endpoints in that state
     M_TCP_BYTES = 13            # a=direction, b=0: bytes from the downstream client through a
                                 # byte tunnel, b=1: bytes to it (spliced ones included)
     M_TCP_TUNNELS = 14          # a=direction, b=TunnelPath (fastpath/tunnel.pyx): tunnels by
                                 # how their bytes are forwarded
+
+cdef enum EndpointState:
+    ENDPOINT_AVAILABLE = 0      # takes requests
+    ENDPOINT_EJECTED = 1        # ejected by outlier detection
+    ENDPOINT_UNHEALTHY = 2      # failed its active health check
 
 cdef enum RetryReason:
     RETRY_CONNECT_FAILURE = 0

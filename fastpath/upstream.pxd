@@ -1,5 +1,6 @@
 # Declarations of the upstream side; see upstream.pyx.
 from fastpath.parser cimport MessageHead, HeadParser, ChunkedDecoder, Limits
+from fastpath.circuit_breaker cimport CircuitBreaker
 
 cdef enum UpstreamState:
     U_CONNECTING = 0
@@ -10,12 +11,18 @@ cdef enum UpstreamState:
     U_CLOSED
 
 
+cdef class EndpointPool
+cdef class UpstreamConnection
+
+
 cdef class ResponseSink:
     """What an upstream connection reports to the exchange that uses it (the downstream)."""
-    cdef bint waiting_for_upstream
+    cdef EndpointPool waiting_in        # the pool it waits in for a connection, or None
+    cdef bint queued                    # ... queued for one (not connecting its own)
     cdef void on_upstream_ready(self, UpstreamConnection up)
     cdef void on_upstream_connect_failed(self, str reason)
     cdef void on_interim_response(self, MessageHead resp)
+    cdef bint retry_response(self, MessageHead resp)
     cdef int response_framing(self, MessageHead resp)
     cdef void on_response_head(self, MessageHead resp, int framing, const char* tail,
                                Py_ssize_t tail_len, bint complete)
@@ -67,16 +74,23 @@ cdef class EndpointPool:
     cdef Limits limits
     cdef list idle
     cdef object waiters
+    cdef readonly int live_waiters      # entries of `waiters` still waiting
     cdef readonly int open_connections
     cdef int max_connections
     cdef int max_idle
     cdef double idle_timeout
     cdef double connect_timeout
+    cdef readonly CircuitBreaker breaker    # the service's, or None (the app, original destinations)
     cdef readonly unsigned long long connects
     cdef readonly unsigned long long reuses
 
-    cdef void acquire(self, ResponseSink sink)
+    cdef bint acquire(self, ResponseSink sink)
+    cdef void cancel_wait(self, ResponseSink sink)
     cdef void release(self, UpstreamConnection up)
     cdef void discard(self, UpstreamConnection up)
     cdef void _connect(self, ResponseSink sink)
+    cdef ResponseSink _next_waiter(self)
     cdef void _serve_waiter(self)
+    cdef bint _room(self)
+    cdef void _forget(self, UpstreamConnection up)
+    cdef void _wake_service(self)

@@ -14,7 +14,13 @@ to answer (`on_upstream_error`); one that ends mid-body can only be cut off.
 
 `EndpointPool` keeps idle connections (LIFO, so the warmest one is reused), closes those
 idle longer than the idle timeout or beyond `max_idle`, caps all connections at
-`max_connections` and queues exchanges that wait for one.
+`max_connections` and queues exchanges that wait for one. A service's pools share its
+CircuitBreaker: the connections of all of them count against max_connections, the
+queued exchanges against max_pending (past it `acquire` refuses).
+
+An exchange that retries on a status (`ResponseSink.retry_response`) leaves the response
+to the connection, which reads and drops it: the connection is reused when the whole
+response was in hand, closed otherwise.
 """
 import asyncio
 import collections
@@ -40,6 +46,12 @@ cdef class ResponseSink:
 
     cdef void on_interim_response(self, MessageHead resp):
         pass
+
+    cdef bint retry_response(self, MessageHead resp):
+        """Asked with each final response head before anything of it is forwarded: True
+        when the exchange tries again instead (a retriable status), leaving the response
+        to the connection, which drops it."""
+        return False
 
     cdef int response_framing(self, MessageHead resp):
         return FRAME_NONE
@@ -68,6 +80,10 @@ cdef class ResponseSink:
 
     cdef void on_upstream_resume_writing(self):
         pass
+
+
+# The sink of a response an exchange retried: its bytes go nowhere.
+cdef ResponseSink _DISCARD = ResponseSink()
 
 
 cdef class UpstreamConnection:
@@ -206,6 +222,10 @@ cdef class UpstreamConnection:
                         else:
                             sink.on_tunnel_data(data[offset:])
                     return
+                if self.sink.retry_response(resp):
+                    # The exchange tries again: this response is read and dropped. The
+                    # connection stays only if all of it is already here.
+                    self.sink = _DISCARD
                 self.framing = self.sink.response_framing(resp)
                 if resp.body_kind == BODY_LENGTH:
                     self.remaining = resp.content_length
@@ -213,6 +233,9 @@ cdef class UpstreamConnection:
                     self.chunks.reset()
                 self.state = U_BODY
                 offset = self._body(data, offset, True)
+                if self.sink is _DISCARD:
+                    self.abort()
+                    return
                 if offset < 0:
                     return
             elif self.state == U_BODY:
@@ -302,7 +325,8 @@ cdef class UpstreamConnection:
 
 cdef class EndpointPool:
     def __cinit__(self, loop, str host, int port, Limits limits, int max_connections=1024,
-                  int max_idle=64, double idle_timeout=60.0, double connect_timeout=1.0):
+                  int max_idle=64, double idle_timeout=60.0, double connect_timeout=1.0,
+                  CircuitBreaker breaker=None):
         self.loop = loop
         self.host = host
         self.port = port
@@ -314,28 +338,82 @@ cdef class EndpointPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.breaker = breaker
 
-    cdef void acquire(self, ResponseSink sink):
+    cdef bint acquire(self, ResponseSink sink):
         """Gives `sink` a connection: at once when one is idle, else when one connects or
-        frees up."""
+        frees up. False when it would have to wait while the service's pending queue is
+        full (circuit breaker overflow): the sink gets nothing and waits for nothing."""
         cdef UpstreamConnection up
         while self.idle:
             up = self.idle.pop()
             if up.state == U_IDLE:
                 self.reuses += 1
                 sink.on_upstream_ready(up)
-                return
-        if self.open_connections >= self.max_connections:
-            sink.waiting_for_upstream = True
-            self.waiters.append(sink)
+                return True
+        if self._room():
+            self._connect(sink)
+            return True
+        if self.breaker is not None:
+            if self.breaker.pending >= self.breaker.max_pending:
+                self.breaker.overflows += 1
+                return False
+            self.breaker.pending_changed(1)
+        sink.waiting_in = self
+        sink.queued = True
+        self.live_waiters += 1
+        self.waiters.append(sink)
+        return True
+
+    cdef void cancel_wait(self, ResponseSink sink):
+        """`sink` no longer waits here (its exchange ended, timed out or tries elsewhere); a
+        connection still being opened for it stays in the pool."""
+        if sink.waiting_in is not self:
             return
-        self._connect(sink)
+        sink.waiting_in = None
+        if sink.queued:
+            sink.queued = False
+            self.live_waiters -= 1
+            if self.breaker is not None:
+                self.breaker.pending_changed(-1)
+
+    cdef ResponseSink _next_waiter(self):
+        """The first sink of the queue still waiting here (taken off it), or None."""
+        cdef ResponseSink sink
+        while self.waiters:
+            sink = self.waiters.popleft()
+            if sink.waiting_in is self and sink.queued:
+                self.cancel_wait(sink)
+                return sink
+        return None
+
+    cdef bint _room(self):
+        """Whether a new connection may open: under this pool's cap and the service's
+        max_connections, for which an idle connection to another endpoint of the service
+        is closed when that is what stands in the way."""
+        cdef CircuitBreaker b = self.breaker
+        cdef EndpointPool other
+        cdef UpstreamConnection up
+        if self.open_connections >= self.max_connections:
+            return False
+        if b is None or b.connections < b.max_connections:
+            return True
+        for other in b.pools:
+            if other is not self and other.idle:
+                up = other.idle.pop(0)          # the coldest
+                other._forget(up)
+                up.abort()
+                return True
+        return False
 
     cdef void _connect(self, ResponseSink sink):
         cdef UpstreamConnection up = UpstreamConnection(self)
         self.open_connections += 1
+        if self.breaker is not None:
+            self.breaker.connections += 1
         self.connects += 1
-        sink.waiting_for_upstream = True
+        sink.waiting_in = self
+        sink.queued = False
         self.loop.create_task(self._open(up, sink))
 
     async def _open(self, UpstreamConnection up, ResponseSink sink):
@@ -349,32 +427,41 @@ cdef class EndpointPool:
         except OSError as e:
             self._connect_failed(up, sink, e.strerror or str(e))
             return
-        if not sink.waiting_for_upstream:
-            # The exchange went away meanwhile: keep the connection for the next one.
+        if up.pool is not self:
+            # Closed as soon as it opened: a failed connect for the exchange.
+            self._connect_failed(up, sink, "connection closed as it opened")
+            return
+        if sink.waiting_in is not self:
+            # The exchange went away (or tries elsewhere): keep the connection for the next.
             up.state = U_IDLE
             self.release(up)
             return
-        sink.waiting_for_upstream = False
+        self.cancel_wait(sink)      # it may have queued here again meanwhile
         sink.on_upstream_ready(up)
 
     def _connect_failed(self, UpstreamConnection up, ResponseSink sink, str reason):
-        self.open_connections -= 1
         up.state = U_CLOSED
-        if sink.waiting_for_upstream:
-            sink.waiting_for_upstream = False
+        self._forget(up)
+        if sink.waiting_in is self and not sink.queued:
+            sink.waiting_in = None
             sink.on_upstream_connect_failed(
                 "upstream connect error to %s:%d: %s" % (self.host, self.port, reason))
         self._serve_waiter()
+        self._wake_service()
 
     cdef void release(self, UpstreamConnection up):
-        cdef ResponseSink sink
-        while self.waiters:
-            sink = self.waiters.popleft()
-            if sink.waiting_for_upstream:
-                sink.waiting_for_upstream = False
-                self.reuses += 1
-                sink.on_upstream_ready(up)
-                return
+        cdef ResponseSink sink = self._next_waiter()
+        if sink is not None:
+            self.reuses += 1
+            sink.on_upstream_ready(up)
+            return
+        if self.breaker is not None and self.breaker.pending > 0:
+            # Requests to another endpoint of the service wait for its connection limit:
+            # this connection makes room for them rather than idle.
+            self._forget(up)
+            up.abort()
+            self._wake_service()
+            return
         if len(self.idle) >= self.max_idle:
             up.abort()
             return
@@ -382,24 +469,52 @@ cdef class EndpointPool:
         self.idle.append(up)
 
     cdef void discard(self, UpstreamConnection up):
-        """A connection closed: it frees a slot under the cap."""
+        """A connection closed: it frees a slot under the caps."""
+        if up.pool is not self:
+            return
+        self._forget(up)
+        self._serve_waiter()
+        self._wake_service()
+
+    cdef void _forget(self, UpstreamConnection up):
+        """Takes `up` out of the pool's count (it is closed or closing)."""
         if up.pool is not self:
             return
         up.pool = None
         self.open_connections -= 1
+        if self.breaker is not None:
+            self.breaker.connections -= 1
         try:
             self.idle.remove(up)
         except ValueError:
             pass
-        self._serve_waiter()
 
     cdef void _serve_waiter(self):
         cdef ResponseSink sink
-        while self.waiters and self.open_connections < self.max_connections:
-            sink = self.waiters.popleft()
-            if sink.waiting_for_upstream:
-                self._connect(sink)
+        while self.live_waiters and self._room():
+            sink = self._next_waiter()
+            if sink is None:
                 return
+            self._connect(sink)
+
+    cdef void _wake_service(self):
+        """A slot under the service's max_connections may be free: the other endpoints'
+        waiting requests may connect."""
+        cdef CircuitBreaker b = self.breaker
+        cdef EndpointPool other
+        if b is None or b.pending == 0:
+            return
+        for other in b.pools:
+            if b.connections >= b.max_connections:
+                return
+            if other is not self and other.live_waiters:
+                other._serve_waiter()
+
+    def connect_side(self, protocol_factory):
+        """A connection to this endpoint outside the pool (health check probes): the
+        pool's connect path (address; its TLS when there is one), not counted in its caps.
+        Returns the awaitable of loop.create_connection."""
+        return self.loop.create_connection(protocol_factory, self.host, self.port)
 
     def close_idle(self, double now, bint everything=False):
         """Closes connections idle past the idle timeout (all idle ones with `everything`)."""

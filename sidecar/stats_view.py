@@ -64,13 +64,27 @@ def render(stats: dict):
         for protocol, c in protocols.items():
             conns.add_row(direction, protocol, str(c["active"]), str(c["total"]))
 
+    tables = [requests]
+    if stats.get("services"):
+        services = Table(title="Upstream services (summed over workers)")
+        for col in ("service", "retries", "breaker open", "ejections", "health checks failed",
+                    "available", "ejected", "unhealthy"):
+            services.add_column(col, justify="left" if col == "service" else "right")
+        for sv in stats["services"]:
+            ep = sv["endpoints"]
+            services.add_row(sv["service"], str(sum(sv["retries"].values())),
+                             str(sv["circuit_breaker_open"]), str(sv["ejections"]),
+                             str(sv["health_checks"].get("failed", 0)), str(ep.get("available", "-")),
+                             str(ep.get("ejected", "-")), str(ep.get("unhealthy", "-")))
+        tables.append(services)
+
     workers = Table(title="Workers")
     for col in ("index", "pid", "ready", "generation"):
         workers.add_column(col)
     for wk in stats["workers"]:
         workers.add_row(str(wk["index"]), str(wk["pid"]), "yes" if wk["ready"] else "no",
                         str(wk["generation"]))
-    return Group(head, *checks, requests, conns, workers, *_kernel_tables(ic))
+    return Group(head, *checks, *tables, conns, workers, *_kernel_tables(ic))
 
 
 def _kernel_tables(ic):

@@ -103,16 +103,20 @@ class Snapshot:
             self.app_pool = EndpointPool(worker.loop, app_host, app_port, self.limits,
                                          1024, 1024, lim.upstream_idle_timeout, lim.connect_timeout)
         self.app_key = app_key
-        self.router = OutboundRouter(worker.loop, self.limits, cfg.services,
-                                     lim.connect_timeout, lim.upstream_idle_timeout)
         seed = os.environ.get("SIDECAR_POLICY_SEED")     # fixed random draws, for tests
-        self.policy = compile_policy(cfg, self.router, old.policy if old is not None else None,
-                                     int(seed) + worker.index if seed else None)
-        self.request_timeout = max((s.timeouts.request for s in cfg.services), default=15.0)
+        seed = int(seed) + worker.index if seed else None
         routes = labels.get("routes", {})
         services = labels.get("services", {})
         self.route_ids = [[routes.get(n, 0) for n in route_names(cfg, d)] for d in ("inbound", "outbound")]
         self.service_ids = [services.get(s.name, 0) for s in cfg.services]
+        # Each service's endpoint state and circuit breaker carry over from the running
+        # config's router; its limits and health checks move here in `activate`.
+        self.router = OutboundRouter(worker.loop, self.limits, cfg.services,
+                                     lim.connect_timeout, lim.upstream_idle_timeout,
+                                     previous=old.router if old is not None else None,
+                                     workers=cfg.workers, stats=worker.stats,
+                                     service_ids=self.service_ids, seed=seed)
+        self.policy = compile_policy(cfg, self.router, old.policy if old is not None else None, seed)
         self.names = (route_names(cfg, "inbound"), route_names(cfg, "outbound"),
                       [s.name for s in cfg.services])
         log_cfg = cfg.telemetry.access_log
@@ -169,6 +173,7 @@ class Worker:
         self.next_file_check = 0.0
         self.inbound = ListenerContext(self.loop, "inbound", Limits(8192, 65536, 100))
         self.outbound = ListenerContext(self.loop, "outbound", Limits(8192, 65536, 100))
+        self.inbound.sweep_interval = self.outbound.sweep_interval = SWEEP_INTERVAL
         self.tracer = Tracer()
         self.tracer.flags_text = response_flags
         self.servers = []
@@ -203,12 +208,13 @@ class Worker:
         self.outbound.configure(snapshot.limits, router=snapshot.router,
                                 header_read_timeout=lim.header_read_timeout,
                                 idle_timeout=lim.idle_timeout,
-                                request_timeout=snapshot.request_timeout,
+                                request_timeout=lim.request_timeout,
                                 routes=snapshot.policy.outbound)
         applied_at = time.monotonic()
         if self.stats is not None:
             self.stats.set_labels(snapshot.route_ids[0], snapshot.route_ids[1],
                                   snapshot.service_ids, applied_at, generation)
+        snapshot.router.activate(old.router if old is not None else None, applied_at)
         if snapshot.access_log is not None:
             snapshot.access_log.formatter.set_names(*snapshot.names, applied_at)
         tracing = cfg.telemetry.tracing
@@ -301,6 +307,7 @@ class Worker:
             self.snapshot.policy.check_files()
         self.snapshot.app_pool.close_idle(now)
         self.snapshot.router.close_idle(now)
+        self.snapshot.router.tick(time.monotonic())
         if self.retired_pools:
             for pool in self.retired_pools:
                 pool.close_idle(now, True)
@@ -322,6 +329,7 @@ class Worker:
             self.inbound.sweep_timeouts()
             self.outbound.sweep_timeouts()
             await asyncio.sleep(0.05)
+        self.snapshot.router.stop_health_checks()
         left = self.inbound.active_connections + self.outbound.active_connections
         if left:
             log.warning("worker %d: drain timeout, closing %d connections", self.index, left)

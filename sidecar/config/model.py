@@ -43,6 +43,7 @@ class Limits:
     header_read_timeout: float = 10.0      # downstream: time to receive a complete request head
     idle_timeout: float = 300.0            # downstream: a kept-alive connection with no request
     connect_timeout: float = 1.0           # upstream connect, where no service sets one
+    request_timeout: float = 15.0          # outbound request to an original destination (no service)
     upstream_idle_timeout: float = 60.0    # idle pooled upstream connections are closed after
 
 
@@ -67,11 +68,22 @@ class Timeouts:
 
 
 @dataclass
+class RetryBackoff:
+    """Full-jitter exponential backoff: the nth retry waits a random time in
+    [0, min(max, base * (2**n - 1))]."""
+    base: float = 0.025
+    max: float = 0.25
+
+
+@dataclass
 class Retries:
     attempts: int = 0
     on: list[str] = field(default_factory=lambda: ["connect-failure"])
     per_try_timeout: Optional[float] = None
-    budget: float = 0.2                    # fraction of active requests
+    budget: float = 0.2                    # retries in flight, as a fraction of active requests
+    min_concurrency: int = 3               # retries in flight allowed whatever the budget
+    backoff: RetryBackoff = field(default_factory=RetryBackoff)
+    replay_buffer: int = 65536             # request bytes kept to send again; a longer body is not retried
 
 
 @dataclass
@@ -83,9 +95,10 @@ class CircuitBreaker:
 
 @dataclass
 class OutlierDetection:
-    consecutive_5xx: int = 5
-    interval: float = 10.0
-    ejection: float = 30.0
+    consecutive_5xx: int = 5               # 5xx, connect failures, resets or try timeouts in a row
+    interval: float = 10.0                 # an endpoint that stays well this long loses one repeat
+    ejection: float = 30.0                 # ejected for ejection * times ejected ...
+    max_ejection: float = 300.0            # ... up to this long
     max_ejected: float = 0.5               # fraction of endpoints
 
 
@@ -95,6 +108,9 @@ class HealthCheck:
     interval: float = 5.0
     unhealthy: int = 3
     healthy: int = 2
+    timeout: float = 1.0                   # connect + response head
+    expected_statuses: list[tuple[int, int]] = field(default_factory=lambda: [(200, 399)])
+    host: Optional[str] = None             # Host of the probe; default: the service name
 
 
 @dataclass

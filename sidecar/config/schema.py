@@ -17,7 +17,7 @@ from .context import is_invalid, join, partial_of
 from .fields import SECTION_DEFAULTS, Bool, ByShape, Enum, Field, Int, ListOf, MapOf, Section, Str, Unit
 from .model import (
     TLS, AccessLog, Admin, CircuitBreaker, Config, HealthCheck, Inbound, Interception,
-    KernelPolicy, Limits, OutlierDetection, Outbound, Retries, Route, RouteMatch, Service,
+    KernelPolicy, Limits, OutlierDetection, Outbound, Retries, RetryBackoff, Route, RouteMatch, Service,
     ServiceMatch, ServiceTLS, Telemetry, Timeouts, Tracing, WeightedService, Workload,
 )
 
@@ -128,7 +128,8 @@ def _dump_service_match(match: ServiceMatch) -> str:
     return f"[{target}]:{match.port}" if ":" in target else f"{target}:{match.port}"
 
 
-_RETRY_CONDITIONS = ("connect-failure", "reset", "timeout")
+# Envoy's names: `5xx` is every 5xx status, `gateway-error` 502, 503 and 504.
+_RETRY_CONDITIONS = ("connect-failure", "reset", "timeout", "5xx", "gateway-error")
 
 
 def _retry_on(text: str) -> str:
@@ -138,6 +139,22 @@ def _retry_on(text: str) -> str:
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ValueError(f"'{text}' is not a retry condition: connect-failure, reset, timeout, "
                      f"or a 4xx/5xx status{hint}")
+
+
+def _status_range(text: str) -> tuple:
+    """'200' -> (200, 200); '200-399' -> (200, 399)."""
+    m = re.fullmatch(r"([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?", text.strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a status or a range of statuses (200, 200-399)")
+    low = int(m.group(1))
+    high = int(m.group(2)) if m.group(2) else low
+    if high < low:
+        raise ValueError(f"'{text}': the range ends before it starts")
+    return (low, high)
+
+
+def _dump_status_range(value: tuple) -> str:
+    return str(value[0]) if value[0] == value[1] else f"{value[0]}-{value[1]}"
 
 
 def _rate_limit_key(text: str) -> str:
@@ -222,6 +239,8 @@ LIMITS = Section([
     Field("header_read_timeout", POSITIVE_DURATION, "time to receive a complete request head"),
     Field("idle_timeout", POSITIVE_DURATION, "a kept-alive downstream connection with no request is closed after"),
     Field("connect_timeout", POSITIVE_DURATION, "upstream connect, where no service sets one"),
+    Field("request_timeout", POSITIVE_DURATION, "outbound request to an original destination "
+          "(no service), to its last response byte"),
     Field("upstream_idle_timeout", POSITIVE_DURATION, "idle pooled upstream connections are closed after"),
 ], Limits, doc="protocol limits and proxy-wide timeouts")
 
@@ -240,9 +259,15 @@ OUTBOUND = Section([
 
 TIMEOUTS = Section([
     Field("connect", POSITIVE_DURATION, "upstream connect"),
-    Field("request", POSITIVE_DURATION, "whole request, retries included"),
+    Field("request", POSITIVE_DURATION, "whole request, to its last response byte, retries included"),
     Field("idle", POSITIVE_DURATION, "idle upstream connection"),
 ], Timeouts)
+
+def _check_backoff(values, given, path, ctx):
+    if values["max"] < values["base"]:
+        ctx.error_at(join(path, given.get("max", given.get("base", "base"))),
+                     "backoff max must be at least its base")
+
 
 RETRIES = Section([
     Field("attempts", Int(0, 10), "retries after the first try"),
@@ -250,29 +275,49 @@ RETRIES = Section([
                            {"anyOf": [{"enum": list(_RETRY_CONDITIONS)},
                                       {"type": "string", "pattern": "^[45][0-9][0-9]$"},
                                       {"type": "integer", "minimum": 400, "maximum": 599}]})),
-          "connect-failure, reset, timeout, or a 4xx/5xx status"),
-    Field("per_try_timeout", POSITIVE_DURATION, "timeout of each try (default: none)"),
-    Field("budget", PERCENT, "retries allowed, as a share of active requests"),
+          "connect-failure, reset, timeout (the per-try timeout), 5xx, gateway-error "
+          "(502, 503, 504), or a 4xx/5xx status"),
+    Field("per_try_timeout", POSITIVE_DURATION,
+          "timeout of each try, until its response starts (default: none)"),
+    Field("budget", PERCENT, "retries in flight, at most this share of the service's active requests"),
+    Field("min_concurrency", Int(0), "retries in flight allowed whatever the budget"),
+    Field("backoff", Section([
+        Field("base", POSITIVE_DURATION, "the nth retry waits a random time up to "
+              "base * (2^n - 1) ..."),
+        Field("max", POSITIVE_DURATION, "... and at most this"),
+    ], RetryBackoff, check=_check_backoff), "exponential backoff with full jitter"),
+    Field("replay_buffer", SIZE, "request bytes (head and body) kept to send again: a request "
+          "whose body does not fit is retried only if nothing of it was sent"),
 ], Retries)
 
 CIRCUIT_BREAKER = Section([
-    Field("max_connections", Int(1), "upstream connections"),
-    Field("max_pending", Int(1), "requests waiting for a connection"),
-    Field("max_requests", Int(1), "requests in flight"),
+    Field("max_connections", Int(1), "upstream connections (per worker: divided by workers)"),
+    Field("max_pending", Int(1), "requests waiting for a connection (per worker: divided by workers)"),
+    Field("max_requests", Int(1), "requests in flight (per worker: divided by workers)"),
 ], CircuitBreaker)
 
 OUTLIER_DETECTION = Section([
-    Field("consecutive_5xx", Int(1), "5xx in a row that eject an endpoint"),
-    Field("interval", POSITIVE_DURATION, "how often ejections are evaluated"),
-    Field("ejection", POSITIVE_DURATION, "base ejection time"),
+    Field("consecutive_5xx", Int(1), "5xx responses, connect failures, resets or try timeouts "
+          "in a row that eject an endpoint"),
+    Field("interval", POSITIVE_DURATION, "an endpoint that stays well this long has one "
+          "ejection fewer counted against it"),
+    Field("ejection", POSITIVE_DURATION, "ejection time, times the number of ejections"),
+    Field("max_ejection", POSITIVE_DURATION, "longest ejection"),
     Field("max_ejected", PERCENT, "most endpoints ejected at once"),
 ], OutlierDetection)
 
 HEALTH_CHECK = Section([
     Field("path", Str(_url_path), "HTTP path probed on each endpoint"),
-    Field("interval", POSITIVE_DURATION, "time between probes"),
-    Field("unhealthy", Int(1), "failed probes that mark an endpoint unhealthy"),
-    Field("healthy", Int(1), "passed probes that mark it healthy again"),
+    Field("interval", POSITIVE_DURATION, "time between probes (each jittered by up to 10%)"),
+    Field("unhealthy", Int(1), "failed probes in a row that mark an endpoint unhealthy"),
+    Field("healthy", Int(1), "passed probes in a row that mark it healthy again"),
+    Field("timeout", POSITIVE_DURATION, "a probe's connect and response head"),
+    Field("expected_statuses", ListOf(Str(_status_range, "a status or a range (200-399)",
+                                          {"anyOf": [{"type": "string", "pattern": "^[1-5][0-9][0-9](-[1-5][0-9][0-9])?$"},
+                                                     {"type": "integer", "minimum": 100, "maximum": 599}]},
+                                          dump=_dump_status_range)),
+          "statuses that pass"),
+    Field("host", Str(units.parse_host), "Host header of the probes (default: the service name)"),
 ], HealthCheck)
 
 SERVICE = Section([

@@ -7,9 +7,12 @@ import time
 from fastpath.stats import DURATION_BOUNDS
 from sidecar.metrics.labels import NO_SERVICE
 from sidecar.metrics.worker_stats import (
-    M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED, aggregate,
+    M_ACCESS_LOG_DROPPED, M_CIRCUIT_BREAKER_OPEN, M_ENDPOINTS, M_HEALTH_CHECKS,
+    M_OUTLIER_EJECTIONS, M_RETRIES, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED, aggregate,
 )
-from sidecar.telemetry import DIRECTIONS, PROTOCOLS
+from sidecar.telemetry import (
+    DIRECTIONS, ENDPOINT_STATES, HEALTH_CHECK_RESULTS, PROTOCOLS, RETRY_REASONS,
+)
 
 
 def quantile(q: float, buckets) -> float:
@@ -65,6 +68,47 @@ def stats_summary(manager) -> dict:
                                   "p99": quantile(0.99, buckets)}
         out_rows.append(row)
     ready, checks = manager.readiness()
+    return {
+        **_summary(manager, out_rows, counters, active, total, overflow, ready, checks),
+        "services": _services(counters, gauges, services),
+    }
+
+
+def _services(counters, gauges, services) -> list:
+    """Per service: retries by reason, workers with the breaker open, ejections, health
+    check probes and endpoints by state (summed over workers)."""
+    rows = {}
+
+    def row(sid):
+        name = services.get(sid, "_other")
+        if name not in rows:
+            rows[name] = {"service": name, "retries": {}, "circuit_breaker_open": 0,
+                          "ejections": 0, "health_checks": {}, "endpoints": {}}
+        return rows[name]
+
+    for (metric, a, b), value in counters.items():
+        if not a:
+            continue
+        if metric == M_RETRIES:
+            r = row(a)["retries"]
+            r[RETRY_REASONS.get(b, "other")] = r.get(RETRY_REASONS.get(b, "other"), 0) + value
+        elif metric == M_OUTLIER_EJECTIONS:
+            row(a)["ejections"] += value
+        elif metric == M_HEALTH_CHECKS:
+            h = row(a)["health_checks"]
+            h[HEALTH_CHECK_RESULTS.get(b, "other")] = h.get(HEALTH_CHECK_RESULTS.get(b, "other"), 0) + value
+    for (metric, a, b), value in gauges.items():
+        if not a:
+            continue
+        if metric == M_CIRCUIT_BREAKER_OPEN:
+            row(a)["circuit_breaker_open"] += value
+        elif metric == M_ENDPOINTS:
+            e = row(a)["endpoints"]
+            e[ENDPOINT_STATES.get(b, "other")] = e.get(ENDPOINT_STATES.get(b, "other"), 0) + value
+    return [rows[name] for name in sorted(rows)]
+
+
+def _summary(manager, out_rows, counters, active, total, overflow, ready, checks) -> dict:
     return {
         "time": time.time(),
         "workload": {"name": manager.cfg.workload.name, "namespace": manager.cfg.workload.namespace},

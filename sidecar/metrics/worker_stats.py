@@ -8,6 +8,7 @@ sidecar_response_bytes_total, sidecar_connections_active/_total,
 sidecar_upstream_retries_total, sidecar_ratelimit_decisions_total,
 sidecar_authz_decisions_total, sidecar_circuit_breaker_open, sidecar_cache_lookups_total,
 sidecar_access_log_dropped_total, sidecar_tracing_spans_{dropped,exported,failed}_total,
+sidecar_outlier_ejections_total, sidecar_health_checks_total, sidecar_upstream_endpoints,
 sidecar_tcp_received_bytes_total/_sent_bytes_total and sidecar_tcp_tunnels_total (byte
 tunnels); with `telemetry.istio_compat`, Istio's istio_requests_total and
 istio_request_duration_milliseconds too.
@@ -21,16 +22,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from fastpath.stats import DURATION_BOUNDS
 from sidecar.metrics.labels import NO_SERVICE
 from sidecar.telemetry import (
-    CACHE_RESULTS, DECISIONS, DIRECTIONS, PROTOCOLS, RETRY_REASONS, method_name, response_flags,
+    CACHE_RESULTS, DECISIONS, DIRECTIONS, ENDPOINT_STATES, HEALTH_CHECK_RESULTS, PROTOCOLS,
+    RETRY_REASONS, method_name, response_flags,
 )
 
 # fastpath/stats.pxd StatsMetric
 M_RATELIMIT, M_AUTHZ, M_CACHE, M_RETRIES, M_CIRCUIT_BREAKER_OPEN = 1, 2, 3, 4, 5
 M_ACCESS_LOG_DROPPED, M_SPANS_DROPPED, M_SPANS_EXPORTED, M_SPANS_FAILED = 6, 7, 8, 9
+M_OUTLIER_EJECTIONS, M_HEALTH_CHECKS, M_ENDPOINTS = 10, 11, 12
 M_TCP_BYTES = 13                # a=direction, b=0 from the downstream client, 1 to it
 M_TCP_TUNNELS = 14              # a=direction, b=path (TUNNEL_PATHS)
 TUNNEL_PATHS = ("kernel", "userspace")   # fastpath/tunnel.pyx PATH_*
-GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN})
+GAUGE_METRICS = frozenset({M_CIRCUIT_BREAKER_OPEN, M_ENDPOINTS})
 
 _LE = tuple("%g" % b for b in DURATION_BOUNDS) + ("+Inf",)
 _LE_MS = tuple("%g" % (b * 1000) for b in DURATION_BOUNDS) + ("+Inf",)
@@ -156,6 +159,10 @@ class WorkerStatsCollector:
                                     labels=["route", "decision"])
         cache = CounterMetricFamily("sidecar_cache_lookups_total", "Response cache lookups",
                                     labels=["route", "result"])
+        ejections = CounterMetricFamily("sidecar_outlier_ejections_total",
+                                        "Endpoints ejected by outlier detection", labels=["service"])
+        checks = CounterMetricFamily("sidecar_health_checks_total", "Active health check probes",
+                                     labels=["service", "result"])
         dropped = {M_ACCESS_LOG_DROPPED: 0, M_SPANS_DROPPED: 0, M_SPANS_EXPORTED: 0, M_SPANS_FAILED: 0}
         tcp_bytes = {(d, b): 0 for d in range(2) for b in range(2)}
         tunnels = {}
@@ -174,9 +181,13 @@ class WorkerStatsCollector:
                 authz.add_metric([routes.get(a, "_other"), DECISIONS.get(b, "other")], value)
             elif metric == M_CACHE:
                 cache.add_metric([routes.get(a, "_other"), CACHE_RESULTS.get(b, "other")], value)
+            elif metric == M_OUTLIER_EJECTIONS:
+                ejections.add_metric([services.get(a, "_other")], value)
+            elif metric == M_HEALTH_CHECKS:
+                checks.add_metric([services.get(a, "_other"), HEALTH_CHECK_RESULTS.get(b, "other")], value)
             elif metric in dropped:
                 dropped[metric] += value
-        yield from (retries, ratelimit, authz, cache)
+        yield from (retries, ratelimit, authz, cache, ejections, checks)
 
         # Byte tunnels (opaque TCP, upgraded connections), spliced ones included.
         for b, name, doc in ((0, "sidecar_tcp_received_bytes_total",
@@ -198,10 +209,17 @@ class WorkerStatsCollector:
         breakers = GaugeMetricFamily("sidecar_circuit_breaker_open",
                                      "Workers whose circuit breaker for the service is open",
                                      labels=["service"])
+        endpoints = GaugeMetricFamily("sidecar_upstream_endpoints",
+                                      "Endpoints of the service by state, summed over workers "
+                                      "(each worker balances, ejects and health-checks on its own)",
+                                      labels=["service", "state"])
         for (metric, a, b), value in gauges.items():
             if metric == M_CIRCUIT_BREAKER_OPEN:
                 breakers.add_metric([services.get(a, "_other")], value)
+            elif metric == M_ENDPOINTS:
+                endpoints.add_metric([services.get(a, "_other"), ENDPOINT_STATES.get(b, "other")], value)
         yield breakers
+        yield endpoints
 
         yield CounterMetricFamily("sidecar_access_log_dropped_total",
                                   "Access log lines dropped because the queue was full",

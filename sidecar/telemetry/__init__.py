@@ -37,6 +37,12 @@ CACHE_RESULTS = {1: "hit", 2: "miss", 3: "revalidated", 4: "bypass"}
 # RetryReason (stats.pxd) -> reason label.
 RETRY_REASONS = {0: "connect-failure", 1: "reset", 2: "timeout", 3: "status"}
 
+# EndpointState (stats.pxd) -> state label of sidecar_upstream_endpoints.
+ENDPOINT_STATES = {0: "available", 1: "ejected", 2: "unhealthy"}
+
+# sidecar_health_checks_total result label (stats.pxd M_HEALTH_CHECKS b).
+HEALTH_CHECK_RESULTS = {0: "passed", 1: "failed"}
+
 DIRECTIONS = ("inbound", "outbound")
 PROTOCOLS = ("http", "tcp")
 

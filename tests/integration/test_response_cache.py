@@ -16,9 +16,11 @@ import pytest
 
 from tests.support.admin import call, scrape
 from tests.support.http_client import RawClient
-from tests.support.servers import HttpApp
+from tests.support.servers import HttpApp, HttpUpstream
+from tests.support.services import service
 from tests.support.sidecar_process import SidecarProcess
 from tests.integration.test_metrics import total
+from tests.integration.test_retries import first_try_fails
 
 ROUTES = [
     {"name": "short", "match": {"path_prefix": "/short/"}, "cache": {"ttl": "1s"}},
@@ -489,3 +491,22 @@ def test_an_outbound_routes_cache_answers_before_a_service_endpoint_is_picked():
             assert total(text, "sidecar_cache_lookups_total", route="out-cached", result="hit") == 3
             # hits carry the service whose response they are, and no upstream
             assert total(text, "sidecar_requests_total", route="out-cached", service="backend") == 4
+
+
+def test_a_retried_status_is_never_stored_and_the_retrys_response_is():
+    with HttpUpstream(first_try_fails(503)) as flaky:
+        svc = service("backend", [flaky], retries={"attempts": 1, "on": [503]})
+        routes = [{"name": "out-retried", "direction": "outbound", "match": {"path_prefix": "/"},
+                   "service": [{"name": "backend", "weight": 1}], "cache": {"ttl": "30s"}}]
+        with SidecarProcess(extra={"services": [svc], "routes": routes}) as sc:
+            answers = []
+            for _ in range(3):
+                with RawClient(sc.outbound, timeout=5) as c:
+                    c.send(b"GET /item HTTP/1.1\r\nHost: backend.local\r\n\r\n")
+                    answers.append(c.read_response())
+            assert [(a[0], a[1]["x-cache"]) for a in answers] == [(200, "MISS"), (200, "HIT"), (200, "HIT")]
+            assert {a[2] for a in answers} == {b"GET /item 0"}
+            assert len(flaky.requests) == 2         # the 503 and its retry, then only hits
+            _, text = scrape(sc)
+            assert total(text, "sidecar_upstream_retries_total", service="backend", reason="status") == 1
+            assert total(text, "sidecar_cache_lookups_total", route="out-retried", result="hit") == 2

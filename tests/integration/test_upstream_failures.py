@@ -440,10 +440,6 @@ def test_upstream_stalling_mid_body_past_request_timeout_cuts_client_connection(
         wait_for_log(sc, "outbound ", "/stall", "upstream request timeout")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the outbound listener applies one request timeout to every service: the largest "
-    "timeouts.request of all services (worker.py: request_timeout=max(...)). A service with "
-    "timeouts.request 1s next to one with 4s times out after ~4 s, not 1 s"))
 def test_request_timeout_is_per_service():
     def silent(conn, server):
         server.read_head(conn)

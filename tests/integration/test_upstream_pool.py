@@ -6,8 +6,6 @@ nothing for a request that can be retried.
 import threading
 import time
 
-import pytest
-
 from tests.support.http_client import RawClient
 from tests.support.servers import ScriptedServer
 from tests.support.sidecar_process import SidecarProcess
@@ -229,11 +227,6 @@ def test_service_idle_timeout_closes_its_idle_upstream_connections():
             assert 0.7 <= app.closed_at[1] - app.answered_at[1] <= 1.75
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "circuit_breaker.max_pending is accepted but not enforced: EndpointPool queues every "
-    "exchange waiting for a connection without limit, so with max_connections 1 and "
-    "max_pending 1 a third concurrent request waits its turn and gets 200 instead of an "
-    "immediate 503 (circuit breaker overflow, flag UO)"))
 def test_requests_beyond_max_pending_are_refused_with_503_at_once():
     def slow(srv, path, number, nth, conn):
         time.sleep(0.5)

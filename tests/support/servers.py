@@ -298,3 +298,88 @@ class ScriptedServer:
 def closed_port():
     """A loopback port nothing listens on (connections to it are refused)."""
     return free_port()
+
+
+class UpstreamRequest:
+    """One request an HttpUpstream received."""
+
+    def __init__(self, number, nth, method, path, headers, body, at):
+        self.number = number          # the connection's 1-based number
+        self.nth = nth                # the request's 1-based position on it
+        self.method = method
+        self.path = path
+        self.headers = headers        # lower-case name -> value (last wins)
+        self.body = body
+        self.at = at                  # time.monotonic() when its head arrived
+
+    def __repr__(self):
+        return "<%s %s on #%d>" % (self.method, self.path, self.number)
+
+
+def http_response(status=200, body=b"ok\n", headers=()):
+    """The bytes of a Content-Length framed HTTP/1.1 response."""
+    extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers)
+    return b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n%s\r\n%s" % (status, len(body), extra, body)
+
+
+class HttpUpstream(ScriptedServer):
+    """A keep-alive HTTP/1.1 upstream on real sockets for tests of upstream failures: for
+    each request (head and Content-Length body read), `respond(request, conn)` sends the
+    answer (or nothing, or half of one) and returns False to close the connection. Records
+    `.requests` (UpstreamRequest, in arrival order) and the concurrency it saw: `.active`
+    / `.max_active` connections, `.in_flight` / `.max_in_flight` requests."""
+
+    def __init__(self, respond=None, host="127.0.0.1"):
+        super().__init__(self._serve, host)
+        self.respond = respond or (lambda request, conn: conn.sendall(http_response()))
+        self.lock = threading.Lock()
+        self.requests = []
+        self.count = 0
+        self.active = self.max_active = 0
+        self.in_flight = self.max_in_flight = 0
+
+    def paths(self):
+        with self.lock:
+            return [r.path for r in self.requests]
+
+    def _serve(self, conn, _server):
+        with self.lock:
+            self.count += 1
+            number = self.count
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            rest, nth = b"", 0
+            while True:
+                head, rest = self.read_head(conn, rest)
+                if not head.endswith(b"\r\n\r\n"):
+                    return
+                nth += 1
+                lines = head[:-4].split(b"\r\n")
+                method, path = lines[0].split(b" ")[:2]
+                headers = {}
+                for line in lines[1:]:
+                    k, _, v = line.partition(b":")
+                    headers[k.strip().lower().decode()] = v.strip().decode()
+                length = int(headers.get("content-length", "0"))
+                while len(rest) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                body, rest = rest[:length], rest[length:]
+                request = UpstreamRequest(number, nth, method.decode(), path.decode(), headers,
+                                          body, time.monotonic())
+                with self.lock:
+                    self.requests.append(request)
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    if self.respond(request, conn) is False:
+                        return
+                finally:
+                    with self.lock:
+                        self.in_flight -= 1
+        finally:
+            with self.lock:
+                self.active -= 1

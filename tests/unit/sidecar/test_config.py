@@ -249,6 +249,13 @@ def test_effective_defaults_use_the_files_layout_and_units():
      "reset, timeout, or a 4xx/5xx status; did you mean 'connect-failure'?"),
     ("services:\n  - name: a\n    retries: {budget: 120%}\n",
      "services.0.retries.budget (line 3): invalid percentage 120%: must be between 0% and 100%"),
+    ("services:\n  - name: a\n    retries: {backoff: {base: 100ms, max: 50ms}}\n",
+     "services.0.retries.backoff.max (line 3): backoff max must be at least its base"),
+    ("services:\n  - name: a\n    health_check: {expected_statuses: [200-99]}\n",
+     "services.0.health_check.expected_statuses.0 (line 3): '200-99' is not a status or a range of "
+     "statuses (200, 200-399)"),
+    ("services:\n  - name: a\n    health_check: {expected_statuses: [399-200]}\n",
+     "services.0.health_check.expected_statuses.0 (line 3): '399-200': the range ends before it starts"),
     ("services:\n  - name: a\n  - name: a\n",
      "services.1.name (line 3): duplicate name 'a' (first at line 2)"),
     ("services:\n  - match: [x]\n", "services.0.name (line 2): required key is missing"),
@@ -448,6 +455,36 @@ def test_units_are_parsed_into_the_model():
     assert r.service == [WeightedService("a", 90), WeightedService("b", 10)]
     assert r.rate_limit == {"rate": 100.0, "burst": 100, "key": "header:x-api-key", "max_keys": 16384}
     assert r.max_request_body == 65536
+
+
+def test_resilience_keys_beyond_the_spec_parse_with_their_defaults():
+    c = load("""
+        limits: {request_timeout: 20s}
+        services:
+          - name: a
+            retries:
+              attempts: 3
+              on: [5xx, gateway-error, timeout, 409]
+              min_concurrency: 5
+              backoff: {base: 10ms, max: 1s}
+              replay_buffer: 16KiB
+            outlier_detection: {max_ejection: 2m}
+            health_check: {timeout: 500ms, expected_statuses: [200-299, 304], host: health.local}
+          - name: b
+        """)
+    a, b = c.services
+    assert c.limits.request_timeout == 20.0
+    assert a.retries.on == ["5xx", "gateway-error", "timeout", "409"]
+    assert (a.retries.min_concurrency, a.retries.backoff.base, a.retries.backoff.max,
+            a.retries.replay_buffer) == (5, 0.01, 1.0, 16384)
+    assert a.outlier_detection.max_ejection == 120.0
+    hc = a.health_check
+    assert (hc.timeout, hc.expected_statuses, hc.host) == (0.5, [(200, 299), (304, 304)], "health.local")
+    assert (b.retries.min_concurrency, b.retries.backoff.base, b.retries.backoff.max,
+            b.retries.replay_buffer) == (3, 0.025, 0.25, 65536)
+    assert b.outlier_detection is None and b.health_check is None
+    assert config_to_dict(c)["services"][0]["health_check"]["expected_statuses"] == ["200-299", "304"]
+    assert load_config_text(yaml.safe_dump(config_to_dict(c))).services == c.services
 
 
 def test_null_sections_take_their_defaults_and_anchors_merge():
