@@ -8,6 +8,12 @@ measured on ONE sidecar, so a figure belongs to the feature and not to a pair of
     splice            bytes per second of TCP passthrough (inbound.tcp_passthrough_ports)
                       spliced in the kernel / a direct connection to the same sink; and the
                       same passthrough copied in userspace (interception.splice: false)
+    interception      sidecar CPU per request of outbound requests the eBPF interception
+                      brings to the sidecar / the same requests from an app that connects
+                      to the sidecar's outbound listener itself (no interception loaded):
+                      what the connect hook, the original-destination lookup and the pod
+                      interface's programs cost. Outbound rows send `Host: server.bench:80`,
+                      a service of the sidecar's config, so both take the same proxy path.
 
 The pods are the mesh benchmark's (benchmarks.mesh.topology: two network namespaces with
 app and sidecar cgroups, joined by veth; nginx and a TCP sink in the server pod, wrk and
@@ -34,7 +40,7 @@ import yaml
 
 from . import machine, peers, report
 from .mesh import loadgen, loads, proxies
-from .mesh.topology import Mesh, http_status
+from .mesh.topology import APP_PORT, OUTBOUND_PORT, SERVER_IP, Mesh, http_status
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CLOSED = next(l for l in loads.STANDARD_LOADS if l.name == "closed-c32-0")
@@ -42,6 +48,9 @@ TCP = loads.TCP_LOAD
 METRICS = ("requests_per_s", "cpu_us_per_req", "cpu_user_us_per_req", "cpu_system_us_per_req",
            "machine_cpu_us_per_req", "p50_us", "p99_us", "mb_per_s", "cpu_ms_per_gb",
            "machine_cpu_ms_per_gb", "errors")
+# Outbound rows go to the server app as this service (by Host), with or without interception.
+SERVICE_HOST = "server.bench:80"
+SERVICE = {"name": "server-app", "match": [SERVICE_HOST], "endpoints": [f"{SERVER_IP}:{APP_PORT}"]}
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class Variant:
     sidecar: str = None          # the pod running the sidecar: "server", "client", None
     overlay: dict = field(default_factory=dict)   # interception keys beyond the eBPF ones
     load: object = CLOSED
+    to_sidecar: bool = False     # the app connects to the sidecar's outbound listener itself
 
 
 VARIANTS = (
@@ -59,6 +69,8 @@ VARIANTS = (
     Variant("inbound-accel", "inbound, eBPF + accelerate_local", "server", {"accelerate_local": True}),
     Variant("outbound", "outbound (app -> sidecar), eBPF", "client", {"accelerate_local": False}),
     Variant("outbound-accel", "outbound, eBPF + accelerate_local", "client", {"accelerate_local": True}),
+    Variant("outbound-no-interception", "outbound, no interception (the app connects to the sidecar)",
+            "client", {"mode": "off"}, to_sidecar=True),
     Variant("passthrough-spliced", "TCP passthrough, spliced in the kernel", "server", {"splice": "auto"}, TCP),
     Variant("passthrough-userspace", "TCP passthrough, copied in userspace", "server", {"splice": "false"}, TCP),
 )
@@ -73,6 +85,10 @@ TARGETS = (
      TCP.name, "mb_per_s", 0.8, False),
     ("userspace TCP passthrough bytes/s vs a direct connection (for reference)", "passthrough-userspace",
      "direct", TCP.name, "mb_per_s", None, False),
+    ("sidecar CPU per request, eBPF interception vs the app connecting to the sidecar", "outbound",
+     "outbound-no-interception", CLOSED.name, "cpu_us_per_req", 1.05, True),
+    ("machine CPU per request, the same (for reference: softirq work outside the sidecar)", "outbound",
+     "outbound-no-interception", CLOSED.name, "machine_cpu_us_per_req", None, True),
 )
 
 
@@ -93,7 +109,17 @@ class Row:
 def _sidecar_overlay(pod, variant):
     ic = {"mode": "ebpf", "cgroup": pod.app_cgroup.path, "interface": pod.dev}
     ic.update(variant.overlay)
-    return {"interception": ic}
+    overlay = {"interception": ic}
+    if variant.sidecar == "client":
+        overlay["services"] = [SERVICE]
+    return overlay
+
+
+def _load_options(variant):
+    """(headers, target) of the row's HTTP loads (see loads.measure)."""
+    if variant.sidecar != "client":
+        return (), None
+    return ("Host: " + SERVICE_HOST,), (("127.0.0.1", OUTBOUND_PORT) if variant.to_sidecar else None)
 
 
 def build(row, workdir, binary, sidecar_cmd):
@@ -127,8 +153,9 @@ def run_rounds(rows, rounds, durations, binary, say):
             loads_here = [row.variant.load] if row.variant.load else [CLOSED, TCP]
             for load in loads_here:
                 record = {"round": round_no, "row": row.name, "load": load.name, "error": None}
+                headers, target = _load_options(row.variant)
                 try:
-                    record.update(loads.measure(row, load, durations[load.kind], binary))
+                    record.update(loads.measure(row, load, durations[load.kind], binary, headers, target))
                 except loads.MeasureError as e:
                     record["error"] = str(e)
                 records.append(record)
@@ -185,11 +212,11 @@ def markdown(doc):
              f"{doc['rounds']} interleaved rounds of {doc['duration_s']:g} s; "
              f"load average {doc['loadavg_start']} at the start, {doc['loadavg_end']} at the end "
              "(a shared VM: other users' work runs at the same time).", "",
-             "One sidecar per row (eBPF interception), pods as in the mesh benchmark. CPU: the "
+             "One sidecar per row (eBPF interception unless the row says otherwise), pods as in the mesh benchmark. CPU: the "
              "sidecar's processes (user+sys from /proc); machine: every CPU of the VM over the run.", "",
              "## Targets", "", "| target | ratio of | measured | bound | verdict |", "|---|---|---|---|---|"]
     for t in doc["targets"]:
-        bound = "–" if t["bound"] is None else ("≤ %.1f×" if t["at_most"] else "≥ %.1f×") % t["bound"]
+        bound = "–" if t["bound"] is None else ("≤ %g×" if t["at_most"] else "≥ %g×") % t["bound"]
         ratio = "–" if t["ratio"] is None else "%.2f×" % t["ratio"]
         lines.append(f"| {t['target']} | {t['ratio_of']} ({t['metric']}) | {ratio} | {bound} | {t['verdict']} |")
     lines += ["", "## Requests (closed loop, 32 connections, empty responses)", "",
@@ -248,7 +275,7 @@ def main(argv=None):
         ready = [r for r in rows if r.status == "ok"]
         durations = {"closed": args.duration, "tcp": args.duration}
         for r in ready:            # warm-up: pools filled, programs and caches warm
-            loads.measure(r, r.variant.load or CLOSED, 1.0, binary)
+            loads.measure(r, r.variant.load or CLOSED, 1.0, binary, *_load_options(r.variant))
         records = run_rounds(ready, args.rounds, durations, binary, say)
     finally:
         for row in rows:

@@ -129,9 +129,11 @@ def _rss(row):
     return {"rss_total_kb": total, "rss_worker_max_kb": worker_max, "processes": processes}
 
 
-def measure(row, load, duration_s, binary, headers=()):
+def measure(row, load, duration_s, binary, headers=(), target=None):
     """Runs `load` against `row` for duration_s; returns the round record's figures.
-    Raises MeasureError (wrk or loadgen failed)."""
+    `target` (host, port) is where an HTTP load connects (default: the server app, which
+    interception takes to the client's sidecar). Raises MeasureError (wrk or loadgen failed)."""
+    host, port = target or (SERVER_IP, APP_PORT)
     sampler = _Sampler(row)
     before = sampler.take()
     near_end = (lambda: _rss(row)) if row.proxies else (lambda: {"rss_total_kb": 0, "rss_worker_max_kb": 0,
@@ -140,12 +142,12 @@ def measure(row, load, duration_s, binary, headers=()):
     try:
         if load.kind == "closed":
             result, rss = wrk.run_wrk(
-                f"http://{SERVER_IP}:{APP_PORT}{load.path}", threads=load.threads,
+                f"http://{host}:{port}{load.path}", threads=load.threads,
                 connections=load.connections, duration_s=duration_s, near_end=near_end,
                 headers=headers, command_prefix=app([]))
             figures = _closed_figures(result)
         elif load.kind == "open":
-            cmd = loadgen.http_command(binary, SERVER_IP, APP_PORT, path=load.path, rate=load.rate,
+            cmd = loadgen.http_command(binary, host, port, path=load.path, rate=load.rate,
                                        connections=load.connections, duration_s=duration_s, headers=headers)
             report, rss = loadgen.run(app(cmd), duration_s + 20, near_end, duration_s - 0.5)
             figures = _open_figures(report)

@@ -43,3 +43,18 @@ def test_the_report_shows_every_target_and_the_measured_rows():
         assert t[0] in md
     assert "| inbound, eBPF + accelerate_local | – | 12.5 (12.0–30.0) |" in md
     assert "| TCP passthrough, spliced in the kernel | 850 (700–900) |" in md
+
+
+def test_outbound_rows_take_the_same_service_path_with_and_without_interception():
+    class Pod:
+        app_cgroup = type("Cg", (), {"path": "/sys/fs/cgroup/unified/bench/app"})()
+        dev = "veth-c"
+    rows = {v.name: v for v in kd.VARIANTS}
+    intercepted, direct = rows["outbound"], rows["outbound-no-interception"]
+    assert kd._sidecar_overlay(Pod, intercepted)["services"] == kd._sidecar_overlay(Pod, direct)["services"]
+    assert kd._sidecar_overlay(Pod, direct)["interception"]["mode"] == "off"
+    assert kd._sidecar_overlay(Pod, intercepted)["interception"]["mode"] == "ebpf"
+    assert kd._load_options(intercepted) == (("Host: server.bench:80",), None)
+    assert kd._load_options(direct) == (("Host: server.bench:80",), ("127.0.0.1", kd.OUTBOUND_PORT))
+    assert kd._load_options(rows["inbound"]) == ((), None)
+    assert "services" not in kd._sidecar_overlay(Pod, rows["inbound"])
