@@ -63,7 +63,13 @@ def listen_addresses(cfg: Config, address) -> list:
     return out
 
 
-def listening_socket(address, backlog=1024, v6only=False):
+# Connections waiting to be accepted, per listener (Envoy's default too). A burst of new
+# connections (a client pool filling up, every pod of a deployment reconnecting) beyond it
+# overflows the accept queue: the SYN is dropped and retransmitted a second later.
+LISTEN_BACKLOG = 1024
+
+
+def listening_socket(address, backlog=LISTEN_BACKLOG, v6only=False):
     """A non-blocking TCP listener on `address` shared with the other workers."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -279,7 +285,8 @@ class Worker:
                                 "family is not intercepted", self.index, address[0], address[1],
                                 e.strerror or e)
                     continue
-                server = await self.loop.create_server(factory, sock=sock)
+                # create_server listens again, with its own default backlog (100) unless told
+                server = await self.loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
                 self.servers.append(server)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._start_splicer(cfg)

@@ -293,6 +293,64 @@ def test_three_workers_are_manager_children_listening_with_reuseport_and_all_ser
             sc.stop()
 
 
+def test_a_burst_of_connections_to_a_busy_worker_waits_in_its_accept_queue():
+    """300 clients connect at once while the only worker cannot accept (stopped): the
+    kernel completes every handshake into the listener's accept queue (backlog 1024), so
+    none waits for a SYN retransmit, and each is served once the worker runs again."""
+    with HttpApp() as app:
+        sc = _start(app, workers=1)
+        clients = []
+        try:
+            (pid,) = _wait_for(lambda: len(sc.worker_pids()) == 1 and sc.worker_pids(), 10, "a worker")
+            _wait_listening([pid], sc.inbound[1])
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                for _ in range(300):
+                    c = socket.socket()
+                    c.setblocking(False)
+                    assert c.connect_ex(sc.inbound) in (0, errno.EINPROGRESS)
+                    clients.append(c)
+                # A handshake the accept queue has no room for is not answered (its SYN is
+                # dropped until the retransmission a second later): all are done well before.
+                deadline = time.monotonic() + 0.8
+                pending = list(clients)
+                while pending and time.monotonic() < deadline:
+                    pending = [c for c in pending if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+                               or not _connected(c)]
+                    time.sleep(0.02)
+                assert not pending, "%d of 300 handshakes not completed" % len(pending)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            for c in clients:
+                c.setblocking(True)
+                c.settimeout(10)
+                c.sendall(b"GET /burst HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            for c in clients:
+                assert _read_all(c).startswith(b"HTTP/1.1 200 ")
+            assert sc.stop() == 0
+        finally:
+            for c in clients:
+                c.close()
+            sc.stop()
+
+
+def _connected(sock):
+    try:
+        sock.getpeername()
+        return True
+    except OSError:
+        return False
+
+
+def _read_all(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def test_killed_worker_is_restarted_with_a_new_pid_while_the_others_keep_serving():
     with HttpApp() as app:
         sc = _start(app, workers=3)
