@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 from tests.support.sidecar_process import ROOT
 
 SIDECAR_SCRIPT = os.path.join(os.path.dirname(sys.executable), "sidecar")
@@ -98,7 +98,8 @@ def _listening_ports():
 
 def _ports_config():
     """Listener settings on free loopback ports (so a wrongly started sidecar is visible)."""
-    ports = {k: free_port() for k in ("inbound", "outbound", "admin", "metrics", "health")}
+    *listeners, app = free_ports(6)
+    ports = dict(zip(("inbound", "outbound", "admin", "metrics", "health"), listeners))
     return ports, textwrap.dedent("""\
         inbound:
           listen: 127.0.0.1:{inbound}
@@ -110,7 +111,7 @@ def _ports_config():
           metrics: {{listen: 127.0.0.1:{metrics}}}
           health: {{listen: 127.0.0.1:{health}}}
           access_log: {{path: null}}
-        """).format(app=free_port(), **ports)
+        """).format(app=app, **ports)
 
 
 @pytest.fixture

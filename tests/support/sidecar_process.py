@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_ports, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,18 +22,23 @@ class SidecarProcess:
     """
 
     def __init__(self, app=("127.0.0.1", 8080), workers=1, extra=None, listen_host="127.0.0.1"):
-        self.inbound = (listen_host, free_port(listen_host))
-        self.outbound = (listen_host, free_port(listen_host))
+        # Five distinct port numbers (listeners on another listen_host too: the config
+        # refuses one port for two listeners whatever their addresses).
+        ports = free_ports(5) if listen_host == "127.0.0.1" else []
+        while len(set(ports)) < 5:
+            ports = free_ports(2, listen_host) + free_ports(3)
+        self.inbound = (listen_host, ports[0])
+        self.outbound = (listen_host, ports[1])
         self.config = {
             "workers": workers,
             "drain_timeout": "2s",
             "interception": {"mode": "off"},
             "inbound": {"listen": "%s:%d" % self.inbound, "app": "%s:%d" % tuple(app)},
             "outbound": {"listen": "%s:%d" % self.outbound},
-            "admin": {"listen": "127.0.0.1:%d" % free_port()},
+            "admin": {"listen": "127.0.0.1:%d" % ports[2]},
             "telemetry": {
-                "metrics": {"listen": "127.0.0.1:%d" % free_port()},
-                "health": {"listen": "127.0.0.1:%d" % free_port()},
+                "metrics": {"listen": "127.0.0.1:%d" % ports[3]},
+                "health": {"listen": "127.0.0.1:%d" % ports[4]},
                 "access_log": {"path": None},
             },
         }
