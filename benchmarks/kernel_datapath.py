@@ -240,12 +240,6 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
-def _loadavg():
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_datapath", description=__doc__.split("\n\n")[0])
@@ -265,7 +259,7 @@ def main(argv=None):
     workdir.chmod(0o755)
     rows = []
     started = datetime.datetime.now().astimezone()
-    loadavg_start = _loadavg()
+    loadavg_start = machine.loadavg()
     try:
         binary = loadgen.build(workdir)
         for v in variants:
@@ -284,7 +278,7 @@ def main(argv=None):
         shutil.rmtree(workdir, ignore_errors=True)
     summary = summarize(records)
     doc = {"started": started.isoformat(), "machine": machine.describe_machine(), "rounds": args.rounds,
-           "duration_s": args.duration, "loadavg_start": loadavg_start, "loadavg_end": _loadavg(),
+           "duration_s": args.duration, "loadavg_start": loadavg_start, "loadavg_end": machine.loadavg(),
            "rows": {r.name: {"status": r.status, "reason": r.reason} for r in rows},
            "records": [{k: v for k, v in r.items() if k not in ("wrk", "loadgen")} for r in records],
            "summary": {"|".join(k): v for k, v in summary.items()}, "targets": judge(summary)}

@@ -44,6 +44,16 @@ def _nproc():
         return len(os.sched_getaffinity(0))
 
 
+def loadavg():
+    """The 1, 5 and 15 minute load averages, or None where /proc/loadavg cannot be read:
+    recorded at a run's start and end to show how busy a shared machine was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(v) for v in f.read().split()[:3]]
+    except OSError:
+        return None
+
+
 def describe_machine():
     """A JSON-ready description of this machine and the tools used."""
     mem_kb = _mem_total_kb()

@@ -229,12 +229,6 @@ def _raise_system_exit(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-def _loadavg():
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -253,7 +247,7 @@ def main(argv=None):
     workdir.chmod(0o755)    # nginx workers and the app's uid read files under here
     rows = []
     loadgen_limit = []
-    loadavg_start = _loadavg()
+    loadavg_start = machine.loadavg()
     try:
         binary = loadgen.build(workdir)
         jwks_path, token = credentials.jwt_material(workdir / "credentials")
@@ -311,7 +305,7 @@ def main(argv=None):
                       for load in args.load_list},
         },
         "machine": machine.describe_machine(),
-        "noise": {"loadavg_start": loadavg_start, "loadavg_end": _loadavg(),
+        "noise": {"loadavg_start": loadavg_start, "loadavg_end": machine.loadavg(),
                   "note": "shared 2-core VM: other users' tests may run at the same time; "
                           "steal_pct and machine_busy_pct per round show how busy it was"},
         "temp_dir": str(workdir),
