@@ -22,10 +22,11 @@ class SidecarProcess:
     """
 
     def __init__(self, app=("127.0.0.1", 8080), workers=1, extra=None, listen_host="127.0.0.1"):
-        # Five distinct port numbers (listeners on another listen_host too: the config
-        # refuses one port for two listeners whatever their addresses).
+        # Five distinct port numbers, none the app's (a test may want the app's port
+        # closed, so it is free too): the config refuses one port for two listeners, or
+        # for a listener and the app, whatever their addresses.
         ports = free_ports(5) if listen_host == "127.0.0.1" else []
-        while len(set(ports)) < 5:
+        while len(set(ports)) < 5 or app[1] in ports:
             ports = free_ports(2, listen_host) + free_ports(3)
         self.inbound = (listen_host, ports[0])
         self.outbound = (listen_host, ports[1])
