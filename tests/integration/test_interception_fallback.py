@@ -21,7 +21,7 @@ from tests.conftest import require_privileges
 from tests.support.cgroups import Cgroup
 from tests.support.kernel_state import ebpf_leftovers, iptables_leftovers
 from tests.support.netns import (
-    ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
+    HTTP_GET, ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
@@ -29,15 +29,6 @@ POD_V4, PEER_V4 = "10.203.0.1", "10.203.0.2"
 HTTP_PORT = 9080
 NO_CAPS = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"]
 
-HTTP_GET = r"""
-import http.client, json, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
-c.request("GET", "/")
-local = c.sock.getsockname()
-r = c.getresponse()
-body = json.loads(r.read())
-print(json.dumps({"headers": dict(body["headers"]), "peer": body["peer"], "local": list(local[:2])}))
-"""
 
 
 @pytest.fixture

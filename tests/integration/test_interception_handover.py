@@ -29,7 +29,7 @@ from tests.conftest import require_privileges
 from tests.support.cgroups import Cgroup
 from tests.support.kernel_state import bpf_objects_left, cgroup_programs, ebpf_leftovers
 from tests.support.netns import (
-    ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
+    HTTP_GET, ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(120)]
 
@@ -54,15 +54,6 @@ def only(caps):
             "--bounding-set=-all" + "".join(",+" + c for c in caps), "--"]
 
 
-HTTP_GET = r"""
-import http.client, json, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
-c.request("GET", "/")
-local = c.sock.getsockname()
-r = c.getresponse()
-body = json.loads(r.read())
-print(json.dumps({"headers": dict(body["headers"]), "peer": body["peer"], "local": list(local[:2])}))
-"""
 
 
 class Pod:

@@ -19,7 +19,7 @@ from tests.conftest import require_privileges
 from tests.support.cgroups import CGROUP_ROOT, Cgroup
 from tests.support.kernel_state import bpf_ids, cgroup_programs, ebpf_leftovers
 from tests.support.netns import (
-    ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
+    HTTP_GET, ROOT, Netns, NetnsSidecar, TcpServer, echo_headers_handler, run_app_python, veth_pair)
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
@@ -28,15 +28,6 @@ HTTP_PORT = 9080
 PROGRAMS_ON_THE_POD = {("cgroup_inet4_connect", "sc_connect4"), ("cgroup_inet6_connect", "sc_connect6"),
                        ("cgroup_sock_ops", "sc_sockops"), ("cgroup_getsockopt", "sc_getsockopt")}
 
-HTTP_GET = r"""
-import http.client, json, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
-c.request("GET", "/")
-local = c.sock.getsockname()
-r = c.getresponse()
-body = json.loads(r.read())
-print(json.dumps({"headers": dict(body["headers"]), "peer": body["peer"], "local": list(local[:2])}))
-"""
 
 
 class Pod:

@@ -346,3 +346,16 @@ def echo_handler(conn, server):
         conn.sendall(chunk)
         total += len(chunk)
     server.records.append({"peer": peer, "bytes": total, "eof": True})
+
+
+# An app's GET / to argv[1]:argv[2] (for run_app_python): the echo server's view of the
+# request (headers, peer) and the app socket's own address, as JSON.
+HTTP_GET = r"""
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+c.request("GET", "/")
+local = c.sock.getsockname()
+r = c.getresponse()
+body = json.loads(r.read())
+print(json.dumps({"headers": dict(body["headers"]), "peer": body["peer"], "local": list(local[:2])}))
+"""
